@@ -1,0 +1,126 @@
+//! `switchyard build`: runs each manifest entry's build command from the
+//! manifest's folder and installs the artifact into the plugins folder.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::manifest::Manifest;
+
+/// The target every module is built for.
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Variables of an outer cargo (e.g. `cargo run`, `cargo test`) that would
+/// redirect or break the modules' own build.
+const CARGO_ENV_TO_CLEAR: &[&str] = &[
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_MAKEFLAGS",
+    "CARGO_PRIMARY_PACKAGE",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot run `{command}`: {source}")]
+    Spawn { command: String, source: std::io::Error },
+    #[error("module {module}: `{command}` failed ({status})")]
+    Failed { module: String, command: String, status: String },
+    #[error("module {module}: the build left no artifact at {path}")]
+    MissingArtifact { module: String, path: PathBuf },
+    #[error("module {module}: cannot install {path}: {source}")]
+    Install { module: String, path: PathBuf, source: std::io::Error },
+    #[error("adding the {WASM_TARGET} target failed: {0}")]
+    Target(String),
+}
+
+/// What one build did.
+#[derive(Debug)]
+pub struct Built {
+    pub module: String,
+    pub file: PathBuf,
+    /// False when the artifact was identical to the installed file.
+    pub changed: bool,
+}
+
+/// Adds the wasm target with rustup when it is missing.
+pub fn ensure_wasm_target() -> Result<(), BuildError> {
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match installed {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) => Ok(()),
+        Ok(_) => {
+            tracing::info!("adding the {WASM_TARGET} target with rustup");
+            let status = Command::new("rustup")
+                .args(["target", "add", WASM_TARGET])
+                .status()
+                .map_err(|e| BuildError::Target(e.to_string()))?;
+            if status.success() { Ok(()) } else { Err(BuildError::Target(status.to_string())) }
+        }
+        // No rustup: the toolchain may still have the target; let cargo say.
+        Err(e) => {
+            tracing::warn!(error = %e, "rustup not found; assuming {WASM_TARGET} is available");
+            Ok(())
+        }
+    }
+}
+
+/// Runs a shell command from `dir` with a clean cargo environment.
+pub fn run_command(command: &str, dir: &Path, module: &str) -> Result<(), BuildError> {
+    tracing::info!(module, command, dir = %dir.display(), "building");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command).current_dir(dir);
+    for var in CARGO_ENV_TO_CLEAR {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().map_err(|source| BuildError::Spawn { command: command.to_string(), source })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(BuildError::Failed { module: module.to_string(), command: command.to_string(), status: status.to_string() })
+    }
+}
+
+/// Builds every module that has a `build` command and installs artifacts.
+pub fn build_all(manifest: &Manifest) -> Result<Vec<Built>, BuildError> {
+    let mut ensured = false;
+    let mut built = Vec::new();
+    for (name, entry) in &manifest.modules {
+        let Some(command) = &entry.build else { continue };
+        if !ensured && command.contains(WASM_TARGET) {
+            ensure_wasm_target()?;
+            ensured = true;
+        }
+        run_command(command, &manifest.dir, name)?;
+        let file = manifest.host.plugins_dir.join(&entry.file);
+        let changed = match &entry.artifact {
+            Some(artifact) => install(name, &manifest.dir.join(artifact), &file)?,
+            None if file.exists() => true,
+            None => return Err(BuildError::MissingArtifact { module: name.clone(), path: file }),
+        };
+        built.push(Built { module: name.clone(), file, changed });
+    }
+    Ok(built)
+}
+
+/// Copies `artifact` to `file` through a temporary file and a rename, so a
+/// watcher never sees it half-written. Returns whether the content changed.
+fn install(module: &str, artifact: &Path, file: &Path) -> Result<bool, BuildError> {
+    let install_err = |source| BuildError::Install { module: module.to_string(), path: file.to_path_buf(), source };
+    let bytes = std::fs::read(artifact).map_err(|_| BuildError::MissingArtifact {
+        module: module.to_string(),
+        path: artifact.to_path_buf(),
+    })?;
+    if std::fs::read(file).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(install_err)?;
+    }
+    let tmp = file.with_extension("wasm.partial");
+    std::fs::write(&tmp, &bytes).map_err(install_err)?;
+    std::fs::rename(&tmp, file).map_err(install_err)?;
+    Ok(true)
+}

@@ -1,0 +1,11 @@
+//! The module's imports: one file per WIT interface, each implementing the
+//! generated `Host` trait on the per-message `HostState`. Expected failures
+//! travel back as WIT error values; nothing a guest passes can trap the host.
+
+mod clock;
+mod config;
+mod events;
+mod log;
+mod repository;
+
+impl crate::engine::bindings::switchyard::module::types::Host for crate::engine::HostState {}

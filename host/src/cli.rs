@@ -1,0 +1,225 @@
+//! The command line: `up`, `build`, `check`, `send`, `dlq`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::builder;
+use crate::engine::Engine;
+use crate::manifest::Manifest;
+use crate::registry::Registry;
+
+#[derive(Parser, Debug)]
+#[command(name = "switchyard", version, about = "Host for event-driven modular monoliths of WebAssembly modules")]
+pub struct Cli {
+    /// The manifest; relative paths in it resolve against its folder.
+    #[arg(long, global = true, default_value = "plugins.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build stale modules, migrate the database and serve.
+    Up {
+        /// Serve the *.wasm files as they are, without running build commands.
+        #[arg(long)]
+        no_build: bool,
+        /// Overrides `host.listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run every module's build command and install the artifacts.
+    Build,
+    /// Validate the manifest and every module; print the routes.
+    Check,
+    /// Send a command and print the answer.
+    Send {
+        topic: String,
+        subtopic: String,
+        /// The JSON body.
+        json: String,
+        #[arg(long, value_enum, default_value_t = Via::Http)]
+        via: Via,
+        /// Message id (the idempotency key); new when absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// A header, `name=value`; repeatable.
+        #[arg(long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+        /// Answer once appended (202) instead of once processed.
+        #[arg(long)]
+        no_wait: bool,
+        /// Host address; `host.listen` by default.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Inspect and replay dead letters (uses the admin token).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DlqAction {
+    List {
+        #[arg(long)]
+        topic: Option<String>,
+    },
+    Replay {
+        id: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Via {
+    Http,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not name=value"))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let manifest = Manifest::load(&cli.config)?;
+    match cli.command {
+        Command::Up { no_build, listen } => {
+            if !no_build {
+                let m = manifest.clone();
+                tokio::task::spawn_blocking(move || builder::build_all(&m)).await??;
+            }
+            let addr = listen.unwrap_or_else(|| manifest.host.listen.clone());
+            let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+            crate::server::run(manifest, listener, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build => {
+            let built = tokio::task::spawn_blocking(move || builder::build_all(&manifest)).await??;
+            for b in built {
+                println!("{:<12} {} {}", b.module, b.file.display(), if b.changed { "(updated)" } else { "(unchanged)" });
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check => check(&manifest).await,
+        Command::Send { topic, subtopic, json, via: Via::Http, id, headers, no_wait, url } => {
+            let body: serde_json::Value = serde_json::from_str(&json).context("the body is not JSON")?;
+            let mut envelope = serde_json::json!({
+                "topic": topic, "subtopic": subtopic, "body": body,
+                "headers": headers.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            });
+            if let Some(id) = id {
+                envelope["id"] = id.into();
+            }
+            let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));
+            let query = if no_wait { "?wait=false" } else { "" };
+            let response = reqwest::Client::new()
+                .post(format!("{base}/v1/messages{query}"))
+                .json(&envelope)
+                .send()
+                .await
+                .with_context(|| format!("sending to {base}"))?;
+            print_response(response).await
+        }
+        Command::Dlq { action, url } => {
+            let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));
+            let var = manifest.host.admin_token_env.clone().context("host.admin-token-env is not set in the manifest")?;
+            let token = std::env::var(&var).with_context(|| format!("the admin token variable {var} is not set"))?;
+            let client = reqwest::Client::new();
+            let request = match action {
+                DlqAction::List { topic } => {
+                    let mut r = client.get(format!("{base}/v1/dead-letters"));
+                    if let Some(t) = topic {
+                        r = r.query(&[("topic", t)]);
+                    }
+                    r
+                }
+                DlqAction::Replay { id } => client.post(format!("{base}/v1/dead-letters/{id}/replay")),
+            };
+            let response = request.bearer_auth(token).send().await.with_context(|| format!("calling {base}"))?;
+            print_response(response).await
+        }
+    }
+}
+
+async fn print_response(response: reqwest::Response) -> anyhow::Result<ExitCode> {
+    let status = response.status();
+    let text = response.text().await.context("reading the answer")?;
+    let pretty = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(text);
+    println!("{pretty}");
+    if status.is_success() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("switchyard: HTTP {status}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Loads every module as `up` would and prints the routes.
+async fn check(manifest: &Manifest) -> anyhow::Result<ExitCode> {
+    let engine = Arc::new(Engine::new()?);
+    let registry = Registry::default();
+    let routes = registry.load(&engine, manifest, None).await;
+    let mut problems: Vec<String> =
+        routes.problems.iter().map(|p| format!("module {} ({}): {}", p.module, p.file.display(), p.message)).collect();
+    for (name, entry) in &manifest.modules {
+        for other in &entry.reads {
+            if !manifest.modules.contains_key(other) && !routes.modules.contains_key(other) {
+                problems.push(format!("module {name}: `reads` names unknown module '{other}'"));
+            }
+        }
+    }
+    for m in routes.modules.values() {
+        println!("module {} {} ({})", m.name, m.version, m.file.display());
+        for t in &m.topics {
+            println!("  command  {t}");
+        }
+        for t in &m.subscribes {
+            println!("  event    {t}");
+        }
+        for t in &m.grants.emits {
+            println!("  emits    {t}");
+        }
+    }
+    if problems.is_empty() {
+        println!("ok: {} module(s)", routes.modules.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        bail!("{} problem(s) in {}", problems.len(), manifest.path.display())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

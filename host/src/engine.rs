@@ -1,0 +1,167 @@
+//! The wasmtime side: one `Engine` (pooling allocator, epoch deadlines), one
+//! `Linker` with WASI and the Switchyard imports, and per-message stores.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::registry::Grants;
+use crate::uow::UnitOfWork;
+
+/// Generated host bindings for `wit/switchyard.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        world: "module",
+        path: "../wit",
+        imports: { default: async },
+        exports: { default: async },
+    });
+}
+
+pub use bindings::Module as Guest;
+pub use bindings::ModulePre as GuestPre;
+
+/// How often the epoch advances: the resolution of `timeout-ms`.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Component instances alive at once (pool slots); also bounds in-flight messages.
+pub const POOL_INSTANCES: u32 = 1_000;
+/// Largest linear memory any module may be granted (`max-memory-mb` is checked
+/// per store below this).
+const POOL_MAX_MEMORY: usize = 4 << 30;
+
+/// The state of one store: one message's sandbox.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    pub uow: UnitOfWork,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("wasmtime configuration: {0}")]
+    Config(String),
+    #[error("not a loadable component: {0}")]
+    Compile(String),
+    #[error("does not fit the switchyard:module world: {0}")]
+    Link(String),
+    #[error("describe failed: {0}")]
+    Describe(String),
+}
+
+/// Owns the wasmtime engine and the epoch ticker thread.
+pub struct Engine {
+    engine: wasmtime::Engine,
+    linker: Linker<HostState>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Engine {
+    pub fn new() -> Result<Self, EngineError> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
+            .total_stacks(POOL_INSTANCES)
+            .max_memory_size(POOL_MAX_MEMORY)
+            // Keep a warm slot's first pages mapped and reset only dirty pages:
+            // avoids page faults and TLB shootdowns on every fresh instance.
+            .linear_memory_keep_resident(16 << 20)
+            .table_keep_resident(1 << 20)
+            .pagemap_scan(wasmtime::Enabled::Auto);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = wasmtime::Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        // Rust guests import wasi:cli and wasi:io even when they do no I/O;
+        // the context is empty: no preopened dirs, no env, no network.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+        Guest::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
+            .map_err(|e| EngineError::Config(format!("{e:#}")))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new()
+            .name("switchyard-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| EngineError::Config(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Self { engine, linker, stop_ticker })
+    }
+
+    /// Compiles a component (Cranelift; CPU-bound, run it off the async threads).
+    pub fn compile(&self, bytes: &[u8]) -> Result<Component, EngineError> {
+        Component::from_binary(&self.engine, bytes).map_err(|e| EngineError::Compile(format!("{e:#}")))
+    }
+
+    /// Links a component against the world, once per loaded module.
+    pub fn prepare(&self, component: &Component) -> Result<GuestPre<HostState>, EngineError> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| EngineError::Link(format!("{e:#}")))?;
+        GuestPre::new(pre).map_err(|e| EngineError::Link(format!("{e:#}")))
+    }
+
+    /// A fresh store for one call, with the module's memory cap and deadline.
+    pub fn new_store(&self, uow: UnitOfWork, max_memory_mb: u64, timeout: Duration) -> wasmtime::Store<HostState> {
+        let memory = usize::try_from(max_memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory)
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState { wasi: WasiCtx::builder().build(), table: ResourceTable::new(), limits, uow };
+        let mut store = wasmtime::Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) + 1;
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Instantiates the module and asks it what it is.
+    pub async fn describe(
+        &self,
+        pre: &GuestPre<HostState>,
+        grants: Arc<Grants>,
+        max_memory_mb: u64,
+        timeout: Duration,
+    ) -> Result<bindings::switchyard::module::types::Descriptor, EngineError> {
+        let mut store = self.new_store(UnitOfWork::detached(grants), max_memory_mb, timeout);
+        let call = async {
+            let guest = pre.instantiate_async(&mut store).await?;
+            guest.call_describe(&mut store).await
+        };
+        match tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await {
+            Ok(Ok(d)) => Ok(d),
+            Ok(Err(e)) => Err(EngineError::Describe(format!("{e:#}"))),
+            Err(_) => Err(EngineError::Describe(format!("took longer than {timeout:?}"))),
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,109 @@
+//! The embedded log (no broker configured): the outbox table is the log, and
+//! each module reads the topics it consumes from it in order, with its own
+//! cursor. The inbox makes a redelivery after a crash harmless.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dispatch::{Dispatcher, FailureKind, Outcome};
+
+/// Entries read per query.
+const BATCH: u32 = 64;
+/// Longest sleep between looks at the log when nothing wakes the reader.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Pause after the store failed before reading again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+/// How often new modules get a reader.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+
+/// Starts one reader per loaded module, and more as modules appear.
+pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken, tracker: TaskTracker) {
+    let mut started: HashSet<String> = HashSet::new();
+    loop {
+        for name in dispatcher.registry.routes().modules.keys() {
+            if started.insert(name.clone()) {
+                tracker.spawn(consume(dispatcher.clone(), name.clone(), shutdown.clone()));
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+        }
+    }
+}
+
+/// Prepares the cursors of the modules loaded now, so a module sees every
+/// entry appended after the host started serving.
+pub async fn init_cursors(dispatcher: &Dispatcher) -> Result<(), crate::store::StoreError> {
+    for name in dispatcher.registry.routes().modules.keys() {
+        dispatcher.store.cursor(&consumer_name(name)).await?;
+    }
+    Ok(())
+}
+
+fn consumer_name(module: &str) -> String {
+    format!("embedded.{module}")
+}
+
+async fn consume(dispatcher: Arc<Dispatcher>, name: String, shutdown: CancellationToken) {
+    let consumer = consumer_name(&name);
+    let store = &dispatcher.store;
+    while !shutdown.is_cancelled() {
+        // Register for the wake-up before looking, so an append between the
+        // read and the wait is not missed.
+        let appended = dispatcher.log_appended.notified();
+        tokio::pin!(appended);
+        appended.as_mut().enable();
+
+        let Some(module) = dispatcher.registry.routes().modules.get(&name).cloned() else {
+            // Unloaded for now; its cursor waits for it.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(IDLE_POLL) => continue,
+            }
+        };
+        let entries = match store.cursor(&consumer).await {
+            Ok(position) => store.read_log(position, &module.consumed_topics(), BATCH).await,
+            Err(e) => Err(e),
+        };
+        let entries = match entries {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(module = %name, error = %e, "embedded log: cannot read; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(STORE_RETRY) => continue,
+                }
+            }
+        };
+        if entries.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut appended => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+            continue;
+        }
+        for entry in entries {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            let outcome = dispatcher.deliver(&module, &entry.envelope).await;
+            if let Outcome::Failed(f) = &outcome
+                && f.kind == FailureKind::Unavailable
+            {
+                // Nothing was recorded: read this entry again once the store is back.
+                tokio::time::sleep(STORE_RETRY).await;
+                break;
+            }
+            if let Err(e) = store.set_cursor(&consumer, entry.seq).await {
+                tracing::warn!(module = %name, error = %e, "embedded log: cannot advance the cursor");
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The HTTP API of SPEC §5 on axum: commands in, answers out, plus module
+//! listing, dead letters, health and metrics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::dispatch::{Dispatcher, FailureKind, Outcome};
+use crate::envelope::{self, Envelope};
+use crate::registry::LoadedModule;
+use crate::server::Reloader;
+
+/// Most dead letters one listing returns.
+const MAX_DEAD_LETTERS: u32 = 1_000;
+
+pub struct ApiState {
+    pub dispatcher: Arc<Dispatcher>,
+    pub reloader: Arc<Reloader>,
+    /// `None` turns the admin endpoints off (never open).
+    pub admin_token: Option<String>,
+}
+
+/// An error answer: `{"error":{"kind","message"}}`. Internal details are
+/// logged, never sent.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self { status, kind, message: message.into() }
+    }
+
+    fn internal(context: &str, e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "{context}");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{context}; try again"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"kind": self.kind, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/messages", post(post_message))
+        .route("/v1/topics/{topic}/{subtopic}", post(post_topic))
+        .route("/v1/modules", get(list_modules))
+        .route("/v1/admin/reload", post(reload))
+        .route("/v1/dead-letters", get(list_dead_letters))
+        .route("/v1/dead-letters/{id}/replay", post(replay_dead_letter))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct SendParams {
+    /// `false`: answer 202 once the message is durably appended.
+    wait: Option<bool>,
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "too-large", "request body is over the size limit")
+        } else {
+            ApiError::new(status, "bad-request", rejection.body_text())
+        }
+    })
+}
+
+async fn post_message(
+    State(state): State<Arc<ApiState>>,
+    Query(params): Query<SendParams>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let envelope = Envelope::from_json(&body, envelope::new_id)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed-envelope", e.to_string()))?;
+    submit(&state, envelope, params.wait.unwrap_or(true)).await
+}
+
+async fn post_topic(
+    State(state): State<Arc<ApiState>>,
+    Path((topic, subtopic)): Path<(String, String)>,
+    Query(params): Query<SendParams>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed-envelope", "body is not UTF-8"))?;
+    let mut message_headers = BTreeMap::new();
+    for (name, value) in &headers {
+        if let Some(h) = name.as_str().strip_prefix("x-header-") {
+            let value = value.to_str().map_err(|_| {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed-envelope", format!("header {name} is not text"))
+            })?;
+            message_headers.insert(h.to_string(), value.to_string());
+        }
+    }
+    let id = match headers.get("x-message-id") {
+        Some(v) => v
+            .to_str()
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed-envelope", "X-Message-Id is not text"))?
+            .to_string(),
+        None => envelope::new_id(),
+    };
+    let envelope = Envelope::new(id, topic, subtopic, message_headers, text)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed-envelope", e.to_string()))?;
+    submit(&state, envelope, params.wait.unwrap_or(true)).await
+}
+
+/// Routes a command to its owner and answers as SPEC §5 says.
+async fn submit(state: &ApiState, mut envelope: Envelope, wait: bool) -> Result<Response, ApiError> {
+    let routes = state.dispatcher.registry.routes();
+    let Some(module) = routes.commands.get(&envelope.topic).cloned() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            format!("no module owns topic '{}'", envelope.topic),
+        ));
+    };
+    drop(routes);
+    envelope
+        .headers
+        .entry(envelope::CORRELATION_ID.to_string())
+        .or_insert_with(|| envelope.id.clone());
+    if !wait {
+        state
+            .dispatcher
+            .store
+            .append(std::slice::from_ref(&envelope), "http")
+            .await
+            .map_err(|e| ApiError::internal("could not append the message", e))?;
+        state.dispatcher.log_appended.notify_waiters();
+        return Ok((StatusCode::ACCEPTED, Json(json!({"id": envelope.id}))).into_response());
+    }
+    answer(&envelope.id, state.dispatcher.deliver(&module, &envelope).await)
+}
+
+fn answer(id: &str, outcome: Outcome) -> Result<Response, ApiError> {
+    match outcome {
+        Outcome::Processed(a) => {
+            Ok(Json(json!({"id": id, "status": "processed", "output": a.output, "events": a.events})).into_response())
+        }
+        Outcome::Duplicate(a) => {
+            Ok(Json(json!({"id": id, "status": "duplicate", "output": a.output, "events": a.events})).into_response())
+        }
+        Outcome::Failed(f) => {
+            let status = match f.kind {
+                FailureKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+                FailureKind::Rejected => StatusCode::CONFLICT,
+                FailureKind::Trap => StatusCode::INTERNAL_SERVER_ERROR,
+                FailureKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                FailureKind::Transient | FailureKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Err(ApiError::new(status, f.kind.as_str(), f.message))
+        }
+    }
+}
+
+fn module_json(m: &LoadedModule, last_error: Option<&str>) -> serde_json::Value {
+    json!({
+        "name": m.name,
+        "status": "loaded",
+        "version": m.version,
+        "sha256": m.sha256,
+        "file": m.file,
+        "source": m.source,
+        "topics": m.topics,
+        "subscribes": m.subscribes,
+        "emits": m.grants.emits,
+        "reads": m.grants.reads,
+        "loaded_at": m.loaded_at,
+        "handled": m.stats.handled.load(std::sync::atomic::Ordering::Relaxed),
+        "failed": m.stats.failed.load(std::sync::atomic::Ordering::Relaxed),
+        "last_error": last_error,
+    })
+}
+
+async fn list_modules(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
+    let routes = state.dispatcher.registry.routes();
+    let problem_of = |name: &str| routes.problems.iter().find(|p| p.module == name).map(|p| p.message.as_str());
+    let mut modules: Vec<serde_json::Value> =
+        routes.modules.values().map(|m| module_json(m, problem_of(&m.name))).collect();
+    for p in routes.problems.iter().filter(|p| !routes.modules.contains_key(&p.module)) {
+        modules.push(json!({"name": p.module, "status": "failed", "file": p.file, "last_error": p.message}));
+    }
+    Json(json!({"modules": modules}))
+}
+
+async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    match state.dispatcher.store.ping().await {
+        Ok(()) => Json(json!({"ready": true, "database": "ok"})).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "database": "unreachable"}))).into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let routes = state.dispatcher.registry.routes();
+    let mut out = String::new();
+    let families = [
+        ("switchyard_messages_handled_total", "Messages whose unit of work committed.", true),
+        ("switchyard_messages_failed_total", "Messages whose handling ended in a failure.", false),
+    ];
+    for (name, help, handled) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for m in routes.modules.values() {
+            let stats = &m.stats;
+            let value = if handled { &stats.handled } else { &stats.failed };
+            let _ = writeln!(out, "{name}{{module=\"{}\"}} {}", m.name, value.load(std::sync::atomic::Ordering::Relaxed));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_modules_loaded Modules serving now.\n# TYPE switchyard_modules_loaded gauge\nswitchyard_modules_loaded {}",
+        routes.modules.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP switchyard_module_load_errors Modules or files that failed to load.\n# TYPE switchyard_module_load_errors gauge\nswitchyard_module_load_errors {}",
+        routes.problems.len()
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn check_admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin API is off: set the variable named by `admin-token-env`",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token"))
+    }
+}
+
+async fn reload(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let summary = state.reloader.reload().await.map_err(|e| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-manifest", e.to_string())
+    })?;
+    Ok(Json(summary).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeadLetterParams {
+    topic: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_dead_letters(
+    State(state): State<Arc<ApiState>>,
+    Query(params): Query<DeadLetterParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let limit = params.limit.unwrap_or(100).min(MAX_DEAD_LETTERS);
+    let letters = state
+        .dispatcher
+        .store
+        .dead_letters(params.topic.as_deref(), limit)
+        .await
+        .map_err(|e| ApiError::internal("could not read dead letters", e))?;
+    Ok(Json(json!({"dead_letters": letters})).into_response())
+}
+
+async fn replay_dead_letter(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let store = &state.dispatcher.store;
+    let letter = store
+        .dead_letter(&id)
+        .await
+        .map_err(|e| ApiError::internal("could not read the dead letter", e))?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("no dead letter '{id}'")))?;
+    let envelope = Envelope::from_json(letter.envelope.to_string().as_bytes(), envelope::new_id)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "malformed-envelope", e.to_string()))?;
+    let module = state.dispatcher.registry.routes().modules.get(&letter.module).cloned().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "no-route", format!("module '{}' is not loaded", letter.module))
+    })?;
+    let outcome = state.dispatcher.deliver(&module, &envelope).await;
+    if matches!(outcome, Outcome::Processed(_) | Outcome::Duplicate(_)) {
+        store.mark_replayed(&id).await.map_err(|e| ApiError::internal("could not mark the replay", e))?;
+    }
+    answer(&envelope.id, outcome)
+}

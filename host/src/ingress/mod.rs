@@ -1,0 +1,5 @@
+//! Ways messages come in. Each turns its input into envelopes and hands them
+//! to the dispatcher.
+
+pub mod embedded;
+pub mod http;

@@ -1,0 +1,29 @@
+//! Switchyard: a host for event-driven modular monoliths whose modules are
+//! sandboxed WebAssembly components.
+//!
+//! The flow of one message, file by file:
+//!
+//! - [`ingress`]: HTTP and the embedded log turn input into envelopes;
+//! - [`envelope`]: the message format and its validation;
+//! - [`registry`]: loaded modules and the topic -> module routes;
+//! - [`dispatch`]: one message through one module: fresh instance, `handle`,
+//!   commit, retries, failure events and dead letters;
+//! - [`engine`]: wasmtime (pooling allocator, epoch deadlines, memory caps);
+//! - [`capabilities`]: the WIT imports a module gets (repository, events,
+//!   config, log, clock), bound to the message's [`uow`] unit of work;
+//! - [`store`]: documents, inbox, outbox/log, dead letters (SQLite);
+//! - [`manifest`]: `plugins.toml`; [`builder`]: `switchyard build`;
+//! - [`server`]: wiring and shutdown; [`cli`]: the command line.
+
+pub mod builder;
+pub mod capabilities;
+pub mod cli;
+pub mod dispatch;
+pub mod engine;
+pub mod envelope;
+pub mod ingress;
+pub mod manifest;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod uow;

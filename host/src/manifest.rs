@@ -1,0 +1,285 @@
+//! `plugins.toml` -> validated settings. Errors name the file, the key and the
+//! module, and relative paths resolve against the manifest's folder.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::envelope::check_name;
+
+/// Where the host listens when the manifest does not say.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The embedded default store: a SQLite file beside the manifest.
+pub const DEFAULT_DATABASE: &str = "sqlite://switchyard.db";
+pub const DEFAULT_PLUGINS_DIR: &str = "plugins";
+/// Largest HTTP body accepted (SPEC §5: 1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Linear memory cap of one module instance.
+pub const DEFAULT_MAX_MEMORY_MB: u64 = 64;
+/// Wall-clock budget of one `handle` call.
+pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
+/// Attempts before a transient failure becomes a dead letter.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// First retry delay; doubled per attempt, with jitter.
+pub const DEFAULT_BACKOFF_MS: u64 = 100;
+/// Upper bound of `max-memory-mb` (the pooling allocator reserves this much per slot).
+pub const MAX_MEMORY_MB_LIMIT: u64 = 4_096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// The whole manifest, validated, with paths made absolute.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The manifest file itself.
+    pub path: PathBuf,
+    /// Its folder: relative paths and build commands start here.
+    pub dir: PathBuf,
+    pub host: HostSettings,
+    pub redis: Option<RedisSettings>,
+    pub kafka: Option<KafkaSettings>,
+    /// Module entries by name, in name order.
+    pub modules: BTreeMap<String, ModuleEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostSettings {
+    pub listen: String,
+    /// Database URL with a relative SQLite path resolved.
+    pub database: String,
+    pub plugins_dir: PathBuf,
+    pub strict: bool,
+    /// Name of the environment variable holding the admin bearer token.
+    pub admin_token_env: Option<String>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RedisSettings {
+    pub url: String,
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KafkaSettings {
+    pub brokers: String,
+    #[serde(default = "default_group")]
+    pub group: String,
+}
+
+fn default_group() -> String {
+    "switchyard".to_string()
+}
+
+/// One `[modules.NAME]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ModuleEntry {
+    /// The component, relative to `plugins-dir`.
+    pub file: String,
+    /// Shell command that builds it, run from the manifest's folder.
+    #[serde(default)]
+    pub build: Option<String>,
+    /// Where the build command leaves the component (relative to the
+    /// manifest's folder); `switchyard build` copies it to `file`.
+    #[serde(default)]
+    pub artifact: Option<String>,
+    /// Command topics it owns; `describe`'s list when absent.
+    #[serde(default)]
+    pub topics: Option<Vec<String>>,
+    /// Event topics it listens to; `describe`'s list when absent.
+    #[serde(default)]
+    pub subscribes: Option<Vec<String>>,
+    /// Topics it may emit to; `describe`'s list when absent.
+    #[serde(default)]
+    pub emits: Option<Vec<String>>,
+    /// Modules whose collections it may read.
+    #[serde(default)]
+    pub reads: Vec<String>,
+    #[serde(default = "default_max_memory_mb")]
+    pub max_memory_mb: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Handed to the module through the `config` import.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_max_memory_mb() -> u64 {
+    DEFAULT_MAX_MEMORY_MB
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+fn default_backoff_ms() -> u64 {
+    DEFAULT_BACKOFF_MS
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawManifest {
+    #[serde(default)]
+    host: RawHost,
+    redis: Option<RedisSettings>,
+    kafka: Option<KafkaSettings>,
+    #[serde(default)]
+    modules: BTreeMap<String, ModuleEntry>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHost {
+    listen: Option<String>,
+    database: Option<String>,
+    plugins_dir: Option<String>,
+    #[serde(default)]
+    strict: bool,
+    admin_token_env: Option<String>,
+    max_body_bytes: Option<usize>,
+}
+
+impl Manifest {
+    /// Reads and validates the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates manifest text as if it were read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let raw: RawManifest = toml::from_str(text)
+            .map_err(|e| ManifestError::Parse { path: path.clone(), message: e.to_string().trim_end().to_string() })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let invalid = |key: String, message: String| ManifestError::Invalid { path: path.clone(), key, message };
+
+        let database = resolve_database(&dir, raw.host.database.as_deref().unwrap_or(DEFAULT_DATABASE))
+            .map_err(|m| invalid("host.database".into(), m))?;
+        let host = HostSettings {
+            listen: raw.host.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+            database,
+            plugins_dir: dir.join(raw.host.plugins_dir.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR)),
+            strict: raw.host.strict,
+            admin_token_env: raw.host.admin_token_env,
+            max_body_bytes: raw.host.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        };
+
+        for (name, entry) in &raw.modules {
+            let key = |k: &str| format!("modules.{name}.{k}");
+            check_module_name(name).map_err(|m| invalid(format!("modules.{name}"), m))?;
+            if entry.file.is_empty() || Path::new(&entry.file).components().count() != 1 || !entry.file.ends_with(".wasm") {
+                return Err(invalid(key("file"), format!("{:?} must be a `*.wasm` file name inside plugins-dir", entry.file)));
+            }
+            for (list_key, list) in [("topics", &entry.topics), ("subscribes", &entry.subscribes), ("emits", &entry.emits)] {
+                for topic in list.iter().flatten() {
+                    check_name("topic", topic).map_err(|e| invalid(key(list_key), format!("{topic:?}: {e}")))?;
+                }
+            }
+            for other in &entry.reads {
+                check_module_name(other).map_err(|m| invalid(key("reads"), m))?;
+            }
+            if entry.max_memory_mb == 0 || entry.max_memory_mb > MAX_MEMORY_MB_LIMIT {
+                return Err(invalid(key("max-memory-mb"), format!("must be 1 to {MAX_MEMORY_MB_LIMIT}")));
+            }
+            if entry.timeout_ms == 0 {
+                return Err(invalid(key("timeout-ms"), "must be at least 1".into()));
+            }
+            if entry.max_attempts == 0 {
+                return Err(invalid(key("max-attempts"), "must be at least 1".into()));
+            }
+            if entry.artifact.is_some() && entry.build.is_none() {
+                return Err(invalid(key("artifact"), "needs a `build` command that produces it".into()));
+            }
+        }
+
+        Ok(Manifest { path, dir, host, redis: raw.redis, kafka: raw.kafka, modules: raw.modules })
+    }
+}
+
+fn check_module_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(format!("module name {name:?} must be 1 to 64 of [A-Za-z0-9_-]")) }
+}
+
+/// Makes a relative SQLite path absolute against the manifest's folder.
+fn resolve_database(dir: &Path, url: &str) -> Result<String, String> {
+    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        let (file, query) = rest.split_once('?').map_or((rest, None), |(f, q)| (f, Some(q)));
+        if file.is_empty() {
+            return Err("sqlite URL names no file".into());
+        }
+        let file = if file == ":memory:" || Path::new(file).is_absolute() {
+            PathBuf::from(file)
+        } else {
+            dir.join(file)
+        };
+        let mut resolved = format!("sqlite://{}", file.display());
+        if let Some(q) = query {
+            resolved.push('?');
+            resolved.push_str(q);
+        }
+        Ok(resolved)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(url.to_string())
+    } else {
+        Err(format!("{url:?} is neither sqlite://FILE nor postgres://..."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("/srv/app/plugins.toml"), text)
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let m = parse("[modules.orders]\nfile = \"orders.wasm\"\n").expect("valid");
+        assert_eq!(m.host.listen, DEFAULT_LISTEN);
+        assert_eq!(m.host.database, "sqlite:///srv/app/switchyard.db");
+        assert_eq!(m.host.plugins_dir, PathBuf::from("/srv/app/plugins"));
+        let orders = &m.modules["orders"];
+        assert_eq!((orders.max_memory_mb, orders.timeout_ms, orders.max_attempts), (64, 2000, 5));
+    }
+
+    #[test]
+    fn typo_names_key_and_file() {
+        let err = parse("[modules.orders]\nfile = \"orders.wasm\"\ntopcs = [\"orders\"]\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/srv/app/plugins.toml"), "{text}");
+        assert!(text.contains("topcs"), "{text}");
+    }
+
+    #[test]
+    fn bad_values_name_the_module_key() {
+        let err = parse("[modules.orders]\nfile = \"orders.wasm\"\ntopics = [\"a b\"]\n").unwrap_err();
+        assert!(err.to_string().contains("modules.orders.topics"), "{err}");
+        let err = parse("[modules.orders]\nfile = \"../x.wasm\"\n").unwrap_err();
+        assert!(err.to_string().contains("modules.orders.file"), "{err}");
+        let err = parse("[host]\ndatabase = \"mysql://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("host.database"), "{err}");
+    }
+}

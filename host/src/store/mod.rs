@@ -1,0 +1,175 @@
+//! The host's own persistence: module documents, inbox, outbox (the embedded
+//! log), log cursors and dead letters. Each backend commits one unit of work
+//! (writes + events + inbox record) in one transaction.
+
+mod sqlite;
+
+use crate::envelope::Envelope;
+
+pub use sqlite::SqliteStore;
+
+/// A stored document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Document {
+    /// JSON text.
+    pub value: String,
+    pub version: u64,
+}
+
+/// One buffered change of a unit of work. `base_version` is the version the
+/// handler saw (0 = absent); the commit fails if the document moved on.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Put { collection: String, key: String, value: String, base_version: u64 },
+    Delete { collection: String, key: String, base_version: u64 },
+}
+
+/// Everything one successfully handled message commits at once.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    pub module: &'a str,
+    pub message_id: &'a str,
+    /// The answer a duplicate of this message receives.
+    pub answer: &'a str,
+    pub writes: &'a [Write],
+    pub events: &'a [Envelope],
+}
+
+/// A failed message, recorded for inspection and replay.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub module: String,
+    pub message_id: String,
+    pub topic: String,
+    pub subtopic: String,
+    pub envelope: serde_json::Value,
+    pub error_kind: String,
+    pub error_message: String,
+    pub attempts: u32,
+    pub created_at: String,
+    pub replayed_at: Option<String>,
+}
+
+/// An entry of the embedded log (a row of the outbox).
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub seq: i64,
+    pub envelope: Envelope,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A document changed since the handler read it: retry the message.
+    #[error("document {collection}/{key} changed concurrently")]
+    Conflict { collection: String, key: String },
+    /// The message id was committed by a concurrent delivery.
+    #[error("message already processed")]
+    Duplicate,
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL {0:?}")]
+    Unsupported(String),
+}
+
+/// The configured backend. An enum rather than a trait object: the set of
+/// backends is closed and async trait objects would box every call.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Sqlite($s) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::connect(url).await?))
+        } else {
+            Err(StoreError::Unsupported(url.to_string()))
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, s => s.ping().await)
+    }
+
+    pub async fn get(&self, module: &str, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
+        delegate!(self, s => s.get(module, collection, key).await)
+    }
+
+    /// Documents whose key starts with `prefix`, in key order, at most `limit`.
+    pub async fn scan(
+        &self,
+        module: &str,
+        collection: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Document)>, StoreError> {
+        delegate!(self, s => s.scan(module, collection, prefix, limit).await)
+    }
+
+    /// The stored answer if `module` already processed `message_id`.
+    pub async fn inbox_answer(&self, module: &str, message_id: &str) -> Result<Option<String>, StoreError> {
+        delegate!(self, s => s.inbox_answer(module, message_id).await)
+    }
+
+    /// Commits one unit of work; `Conflict` or `Duplicate` roll it all back.
+    pub async fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
+        delegate!(self, s => s.commit(commit).await)
+    }
+
+    /// Appends envelopes to the log (the outbox) outside any unit of work.
+    /// Envelopes whose id is already there are skipped.
+    pub async fn append(&self, envelopes: &[Envelope], source: &str) -> Result<(), StoreError> {
+        delegate!(self, s => s.append(envelopes, source).await)
+    }
+
+    /// Records a dead letter (replacing an earlier one for the same message)
+    /// and appends `failure_event`, in one transaction.
+    pub async fn record_failure(
+        &self,
+        dead_letter: Option<&DeadLetter>,
+        failure_event: Option<&Envelope>,
+    ) -> Result<(), StoreError> {
+        delegate!(self, s => s.record_failure(dead_letter, failure_event).await)
+    }
+
+    /// Log entries after `after` on any of `topics`, oldest first.
+    pub async fn read_log(&self, after: i64, topics: &[String], limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+        delegate!(self, s => s.read_log(after, topics, limit).await)
+    }
+
+    /// The consumer's position, created at the current end of the log the
+    /// first time a consumer is seen (a new subscriber starts from now on).
+    pub async fn cursor(&self, consumer: &str) -> Result<i64, StoreError> {
+        delegate!(self, s => s.cursor(consumer).await)
+    }
+
+    pub async fn set_cursor(&self, consumer: &str, position: i64) -> Result<(), StoreError> {
+        delegate!(self, s => s.set_cursor(consumer, position).await)
+    }
+
+    pub async fn dead_letters(&self, topic: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+        delegate!(self, s => s.dead_letters(topic, limit).await)
+    }
+
+    pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        delegate!(self, s => s.dead_letter(id).await)
+    }
+
+    pub async fn mark_replayed(&self, id: &str) -> Result<(), StoreError> {
+        delegate!(self, s => s.mark_replayed(id).await)
+    }
+}

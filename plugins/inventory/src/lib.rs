@@ -1,0 +1,100 @@
+//! The inventory module: stock per sku. Owns topic `inventory`; reserves stock
+//! when `orders.events`/`placed` arrives and says so on `inventory.events`.
+
+use serde::{Deserialize, Serialize};
+use switchyard_sdk::{Ctx, Error, Module};
+
+const STOCK: &str = "stock";
+const EVENTS: &str = "inventory.events";
+
+#[derive(Serialize, Deserialize)]
+struct Stock {
+    sku: String,
+    available: u64,
+}
+
+#[derive(Deserialize)]
+struct Restock {
+    sku: String,
+    qty: u64,
+}
+
+#[derive(Deserialize)]
+struct Get {
+    sku: String,
+}
+
+#[derive(Deserialize)]
+struct OrderPlaced {
+    order_id: String,
+    sku: String,
+    qty: u64,
+}
+
+#[derive(Serialize)]
+struct Reservation<'a> {
+    order_id: &'a str,
+    sku: &'a str,
+    qty: u64,
+    available: u64,
+}
+
+fn module() -> Module {
+    Module::new("inventory", env!("CARGO_PKG_VERSION"))
+        .command("inventory", "restock", restock)
+        .command("inventory", "get", get)
+        .on_event("orders.events", "placed", reserve)
+        .emits(EVENTS)
+}
+
+switchyard_sdk::export_module!(module);
+
+fn restock(ctx: &Ctx, cmd: Restock) -> Result<Stock, Error> {
+    if cmd.sku.is_empty() {
+        return Err(Error::invalid("sku must not be empty"));
+    }
+    if cmd.qty == 0 {
+        return Err(Error::rejected("qty must be at least 1"));
+    }
+    let current = ctx.get::<Stock>(STOCK, &cmd.sku)?;
+    let (available, version) = current.map_or((0, 0), |s| (s.value.available, s.version));
+    let stock = Stock {
+        available: available
+            .checked_add(cmd.qty)
+            .ok_or_else(|| Error::rejected("stock would overflow"))?,
+        sku: cmd.sku,
+    };
+    ctx.put(STOCK, &stock.sku, &stock, Some(version))?;
+    ctx.emit_with_headers(
+        EVENTS,
+        "restocked",
+        &serde_json::json!({"sku": stock.sku, "qty": cmd.qty, "available": stock.available}),
+        &[("partition-key", &stock.sku)],
+    )?;
+    Ok(stock)
+}
+
+fn get(ctx: &Ctx, q: Get) -> Result<Stock, Error> {
+    match ctx.get::<Stock>(STOCK, &q.sku)? {
+        Some(s) => Ok(s.value),
+        None => Err(Error::rejected(format!("unknown sku '{}'", q.sku))),
+    }
+}
+
+fn reserve(ctx: &Ctx, placed: OrderPlaced) -> Result<(), Error> {
+    let current = ctx.get::<Stock>(STOCK, &placed.sku)?;
+    let (available, version) = current.map_or((0, 0), |s| (s.value.available, s.version));
+    let headers = [("partition-key", placed.order_id.as_str())];
+    if available >= placed.qty {
+        let left = available - placed.qty;
+        ctx.put(STOCK, &placed.sku, &Stock { sku: placed.sku.clone(), available: left }, Some(version))?;
+        let body = Reservation { order_id: &placed.order_id, sku: &placed.sku, qty: placed.qty, available: left };
+        ctx.emit_with_headers(EVENTS, "reserved", &body, &headers)?;
+        ctx.info(format!("reserved {} x {} for {}", placed.qty, placed.sku, placed.order_id));
+    } else {
+        let body = Reservation { order_id: &placed.order_id, sku: &placed.sku, qty: placed.qty, available };
+        ctx.emit_with_headers(EVENTS, "out-of-stock", &body, &headers)?;
+        ctx.warn(format!("out of stock: {} wants {} x {}, {} left", placed.order_id, placed.qty, placed.sku, available));
+    }
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! The orders module. Owns topic `orders`: `place` checks the sku against
+//! inventory's collection (granted by `reads = ["inventory"]`), stores the
+//! order as `placed` and emits `orders.events`/`placed`; the answer from
+//! inventory (`reserved` / `out-of-stock`) confirms or rejects it.
+
+use serde::{Deserialize, Serialize};
+use switchyard_sdk::{Ctx, Error, Module};
+
+const ORDERS: &str = "orders";
+const EVENTS: &str = "orders.events";
+
+#[derive(Serialize, Deserialize)]
+struct Order {
+    order_id: String,
+    sku: String,
+    qty: u64,
+    status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Place {
+    order_id: String,
+    sku: String,
+    qty: u64,
+}
+
+#[derive(Deserialize)]
+struct Get {
+    order_id: String,
+}
+
+/// What inventory says about an order.
+#[derive(Deserialize)]
+struct StockAnswer {
+    order_id: String,
+    #[serde(default)]
+    available: Option<u64>,
+}
+
+/// Just enough of inventory's stock document to know the sku exists.
+#[derive(Deserialize)]
+struct Stock {}
+
+fn module() -> Module {
+    Module::new("orders", env!("CARGO_PKG_VERSION"))
+        .command("orders", "place", place)
+        .command("orders", "get", get)
+        .on_event("inventory.events", "reserved", |ctx: &Ctx, a: StockAnswer| settle(ctx, a, "confirmed"))
+        .on_event("inventory.events", "out-of-stock", |ctx: &Ctx, a: StockAnswer| settle(ctx, a, "rejected"))
+        .emits(EVENTS)
+}
+
+switchyard_sdk::export_module!(module);
+
+fn place(ctx: &Ctx, cmd: Place) -> Result<Order, Error> {
+    if cmd.order_id.is_empty() || cmd.sku.is_empty() {
+        return Err(Error::invalid("order_id and sku must not be empty"));
+    }
+    if cmd.qty == 0 {
+        return Err(Error::rejected("qty must be at least 1"));
+    }
+    if ctx.read::<Stock>("inventory", "stock", &cmd.sku)?.is_none() {
+        return Err(Error::rejected(format!("unknown sku '{}'", cmd.sku)));
+    }
+    if ctx.get::<Order>(ORDERS, &cmd.order_id)?.is_some() {
+        return Err(Error::rejected(format!("order '{}' already exists", cmd.order_id)));
+    }
+    let order = Order {
+        order_id: cmd.order_id,
+        sku: cmd.sku,
+        qty: cmd.qty,
+        status: "placed".to_string(),
+        currency: ctx.config("currency"),
+        reason: None,
+    };
+    ctx.put(ORDERS, &order.order_id, &order, Some(0))?;
+    ctx.emit_with_headers(
+        EVENTS,
+        "placed",
+        &serde_json::json!({"order_id": order.order_id, "sku": order.sku, "qty": order.qty}),
+        &[("partition-key", &order.order_id)],
+    )?;
+    Ok(order)
+}
+
+fn get(ctx: &Ctx, q: Get) -> Result<Order, Error> {
+    ctx.get::<Order>(ORDERS, &q.order_id)?
+        .map(|o| o.value)
+        .ok_or_else(|| Error::rejected(format!("unknown order '{}'", q.order_id)))
+}
+
+fn settle(ctx: &Ctx, answer: StockAnswer, status: &str) -> Result<(), Error> {
+    let Some(mut order) = ctx.get::<Order>(ORDERS, &answer.order_id)? else {
+        ctx.warn(format!("inventory answered for unknown order '{}'", answer.order_id));
+        return Ok(());
+    };
+    if order.value.status != "placed" {
+        return Ok(());
+    }
+    order.value.status = status.to_string();
+    if status == "rejected" {
+        order.value.reason = Some(format!(
+            "out of stock ({} available)",
+            answer.available.unwrap_or(0)
+        ));
+    }
+    ctx.put(ORDERS, &answer.order_id, &order.value, Some(order.version))?;
+    ctx.emit_with_headers(
+        EVENTS,
+        status,
+        &serde_json::json!({"order_id": answer.order_id}),
+        &[("partition-key", &answer.order_id)],
+    )?;
+    Ok(())
+}
