@@ -26,13 +26,24 @@ const CARGO_ENV_TO_CLEAR: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("cannot run `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("module {module}: `{command}` failed ({status})")]
-    Failed { module: String, command: String, status: String },
+    Failed {
+        module: String,
+        command: String,
+        status: String,
+    },
     #[error("module {module}: the build left no artifact at {path}")]
     MissingArtifact { module: String, path: PathBuf },
     #[error("module {module}: cannot install {path}: {source}")]
-    Install { module: String, path: PathBuf, source: std::io::Error },
+    Install {
+        module: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("adding the {WASM_TARGET} target failed: {0}")]
     Target(String),
 }
@@ -48,16 +59,28 @@ pub struct Built {
 
 /// Adds the wasm target with rustup when it is missing.
 pub fn ensure_wasm_target() -> Result<(), BuildError> {
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
     match installed {
-        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) => Ok(()),
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET) =>
+        {
+            Ok(())
+        }
         Ok(_) => {
             tracing::info!("adding the {WASM_TARGET} target with rustup");
             let status = Command::new("rustup")
                 .args(["target", "add", WASM_TARGET])
                 .status()
                 .map_err(|e| BuildError::Target(e.to_string()))?;
-            if status.success() { Ok(()) } else { Err(BuildError::Target(status.to_string())) }
+            if status.success() {
+                Ok(())
+            } else {
+                Err(BuildError::Target(status.to_string()))
+            }
         }
         // No rustup: the toolchain may still have the target; let cargo say.
         Err(e) => {
@@ -75,11 +98,18 @@ pub fn run_command(command: &str, dir: &Path, module: &str) -> Result<(), BuildE
     for var in CARGO_ENV_TO_CLEAR {
         cmd.env_remove(var);
     }
-    let status = cmd.status().map_err(|source| BuildError::Spawn { command: command.to_string(), source })?;
+    let status = cmd.status().map_err(|source| BuildError::Spawn {
+        command: command.to_string(),
+        source,
+    })?;
     if status.success() {
         Ok(())
     } else {
-        Err(BuildError::Failed { module: module.to_string(), command: command.to_string(), status: status.to_string() })
+        Err(BuildError::Failed {
+            module: module.to_string(),
+            command: command.to_string(),
+            status: status.to_string(),
+        })
     }
 }
 
@@ -88,7 +118,9 @@ pub fn build_all(manifest: &Manifest) -> Result<Vec<Built>, BuildError> {
     let mut ensured = false;
     let mut built = Vec::new();
     for (name, entry) in &manifest.modules {
-        let Some(command) = &entry.build else { continue };
+        let Some(command) = &entry.build else {
+            continue;
+        };
         if !ensured && command.contains(WASM_TARGET) {
             ensure_wasm_target()?;
             ensured = true;
@@ -98,9 +130,18 @@ pub fn build_all(manifest: &Manifest) -> Result<Vec<Built>, BuildError> {
         let changed = match &entry.artifact {
             Some(artifact) => install(name, &manifest.dir.join(artifact), &file)?,
             None if file.exists() => true,
-            None => return Err(BuildError::MissingArtifact { module: name.clone(), path: file }),
+            None => {
+                return Err(BuildError::MissingArtifact {
+                    module: name.clone(),
+                    path: file,
+                });
+            }
         };
-        built.push(Built { module: name.clone(), file, changed });
+        built.push(Built {
+            module: name.clone(),
+            file,
+            changed,
+        });
     }
     Ok(built)
 }
@@ -108,7 +149,11 @@ pub fn build_all(manifest: &Manifest) -> Result<Vec<Built>, BuildError> {
 /// Copies `artifact` to `file` through a temporary file and a rename, so a
 /// watcher never sees it half-written. Returns whether the content changed.
 fn install(module: &str, artifact: &Path, file: &Path) -> Result<bool, BuildError> {
-    let install_err = |source| BuildError::Install { module: module.to_string(), path: file.to_path_buf(), source };
+    let install_err = |source| BuildError::Install {
+        module: module.to_string(),
+        path: file.to_path_buf(),
+        source,
+    };
     let bytes = std::fs::read(artifact).map_err(|_| BuildError::MissingArtifact {
         module: module.to_string(),
         path: artifact.to_path_buf(),

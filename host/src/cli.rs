@@ -13,7 +13,11 @@ use crate::manifest::Manifest;
 use crate::registry::Registry;
 
 #[derive(Parser, Debug)]
-#[command(name = "switchyard", version, about = "Host for event-driven modular monoliths of WebAssembly modules")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Host for event-driven modular monoliths of WebAssembly modules"
+)]
 pub struct Cli {
     /// The manifest; relative paths in it resolve against its folder.
     #[arg(long, global = true, default_value = "plugins.toml")]
@@ -98,20 +102,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokio::task::spawn_blocking(move || builder::build_all(&m)).await??;
             }
             let addr = listen.unwrap_or_else(|| manifest.host.listen.clone());
-            let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
             crate::server::run(manifest, listener, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Build => {
-            let built = tokio::task::spawn_blocking(move || builder::build_all(&manifest)).await??;
+            let built =
+                tokio::task::spawn_blocking(move || builder::build_all(&manifest)).await??;
             for b in built {
-                println!("{:<12} {} {}", b.module, b.file.display(), if b.changed { "(updated)" } else { "(unchanged)" });
+                println!(
+                    "{:<12} {} {}",
+                    b.module,
+                    b.file.display(),
+                    if b.changed {
+                        "(updated)"
+                    } else {
+                        "(unchanged)"
+                    }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => check(&manifest).await,
-        Command::Send { topic, subtopic, json, via: Via::Http, id, headers, no_wait, url } => {
-            let body: serde_json::Value = serde_json::from_str(&json).context("the body is not JSON")?;
+        Command::Send {
+            topic,
+            subtopic,
+            json,
+            via: Via::Http,
+            id,
+            headers,
+            no_wait,
+            url,
+        } => {
+            let body: serde_json::Value =
+                serde_json::from_str(&json).context("the body is not JSON")?;
             let mut envelope = serde_json::json!({
                 "topic": topic, "subtopic": subtopic, "body": body,
                 "headers": headers.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
@@ -131,8 +157,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { action, url } => {
             let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));
-            let var = manifest.host.admin_token_env.clone().context("host.admin-token-env is not set in the manifest")?;
-            let token = std::env::var(&var).with_context(|| format!("the admin token variable {var} is not set"))?;
+            let var = manifest
+                .host
+                .admin_token_env
+                .clone()
+                .context("host.admin-token-env is not set in the manifest")?;
+            let token = std::env::var(&var)
+                .with_context(|| format!("the admin token variable {var} is not set"))?;
             let client = reqwest::Client::new();
             let request = match action {
                 DlqAction::List { topic } => {
@@ -142,9 +173,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     r
                 }
-                DlqAction::Replay { id } => client.post(format!("{base}/v1/dead-letters/{id}/replay")),
+                DlqAction::Replay { id } => {
+                    client.post(format!("{base}/v1/dead-letters/{id}/replay"))
+                }
             };
-            let response = request.bearer_auth(token).send().await.with_context(|| format!("calling {base}"))?;
+            let response = request
+                .bearer_auth(token)
+                .send()
+                .await
+                .with_context(|| format!("calling {base}"))?;
             print_response(response).await
         }
     }
@@ -171,12 +208,17 @@ async fn check(manifest: &Manifest) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(Engine::new()?);
     let registry = Registry::default();
     let routes = registry.load(&engine, manifest, None).await;
-    let mut problems: Vec<String> =
-        routes.problems.iter().map(|p| format!("module {} ({}): {}", p.module, p.file.display(), p.message)).collect();
+    let mut problems: Vec<String> = routes
+        .problems
+        .iter()
+        .map(|p| format!("module {} ({}): {}", p.module, p.file.display(), p.message))
+        .collect();
     for (name, entry) in &manifest.modules {
         for other in &entry.reads {
             if !manifest.modules.contains_key(other) && !routes.modules.contains_key(other) {
-                problems.push(format!("module {name}: `reads` names unknown module '{other}'"));
+                problems.push(format!(
+                    "module {name}: `reads` names unknown module '{other}'"
+                ));
             }
         }
     }
@@ -199,7 +241,11 @@ async fn check(manifest: &Manifest) -> anyhow::Result<ExitCode> {
         for p in &problems {
             eprintln!("error: {p}");
         }
-        bail!("{} problem(s) in {}", problems.len(), manifest.path.display())
+        bail!(
+            "{} problem(s) in {}",
+            problems.len(),
+            manifest.path.display()
+        )
     }
 }
 

@@ -72,7 +72,10 @@ impl FailureKind {
     }
 
     fn retryable(self) -> bool {
-        matches!(self, FailureKind::Transient | FailureKind::Trap | FailureKind::Timeout)
+        matches!(
+            self,
+            FailureKind::Transient | FailureKind::Trap | FailureKind::Timeout
+        )
     }
 }
 
@@ -135,10 +138,16 @@ impl Dispatcher {
             id = %envelope.id,
             correlation_id = %envelope.correlation_id(),
         );
-        self.deliver_with_retries(module, envelope).instrument(span).await
+        self.deliver_with_retries(module, envelope)
+            .instrument(span)
+            .await
     }
 
-    async fn deliver_with_retries(&self, module: &Arc<LoadedModule>, envelope: &Envelope) -> Outcome {
+    async fn deliver_with_retries(
+        &self,
+        module: &Arc<LoadedModule>,
+        envelope: &Envelope,
+    ) -> Outcome {
         let mut attempts = 0u32;
         let mut conflicts = 0u32;
         loop {
@@ -168,14 +177,24 @@ impl Dispatcher {
                 kind = kind.as_str(), "handling failed: {message}"
             );
             if kind == FailureKind::Unavailable {
-                return Outcome::Failed(Failure { kind, message, module: module.name.clone(), attempts });
+                return Outcome::Failed(Failure {
+                    kind,
+                    message,
+                    module: module.name.clone(),
+                    attempts,
+                });
             }
             if kind.retryable() && attempts < module.limits.max_attempts {
                 tokio::time::sleep(backoff(module.limits.backoff, attempts)).await;
                 continue;
             }
             count(&module.stats, false);
-            let failure = Failure { kind, message, module: module.name.clone(), attempts };
+            let failure = Failure {
+                kind,
+                message,
+                module: module.name.clone(),
+                attempts,
+            };
             if let Err(e) = self.record_failure(envelope, &failure).await {
                 tracing::error!(module = %module.name, id = %envelope.id, error = %e, "could not record the failure");
                 return Outcome::Failed(Failure {
@@ -197,14 +216,23 @@ impl Dispatcher {
         let Ok(_permit) = self.instances.acquire().await else {
             return Attempt::Failed(FailureKind::Unavailable, "host is shutting down".into());
         };
-        let meta = MessageMeta { id: envelope.id.clone(), correlation_id: envelope.correlation_id().to_string() };
+        let meta = MessageMeta {
+            id: envelope.id.clone(),
+            correlation_id: envelope.correlation_id().to_string(),
+        };
         let uow = UnitOfWork::new(module.grants.clone(), self.store.clone(), meta);
-        let mut store = self.engine.new_store(uow, module.limits.max_memory_mb, module.limits.timeout);
+        let mut store =
+            self.engine
+                .new_store(uow, module.limits.max_memory_mb, module.limits.timeout);
         let message = wit::Envelope {
             id: envelope.id.clone(),
             topic: envelope.topic.clone(),
             subtopic: envelope.subtopic.clone(),
-            headers: envelope.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers: envelope
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             body: envelope.body_text().to_string(),
         };
         let timeout = module.limits.timeout;
@@ -220,7 +248,9 @@ impl Dispatcher {
             return Attempt::Failed(FailureKind::Unavailable, format!("store: {e}"));
         }
         let output = match result {
-            Err(_) => return Attempt::Failed(FailureKind::Timeout, format!("ran past its {timeout:?}")),
+            Err(_) => {
+                return Attempt::Failed(FailureKind::Timeout, format!("ran past its {timeout:?}"));
+            }
             Ok(Err(e)) => {
                 return match e.downcast_ref::<wasmtime::Trap>() {
                     Some(wasmtime::Trap::Interrupt) => {
@@ -229,16 +259,29 @@ impl Dispatcher {
                     _ => Attempt::Failed(FailureKind::Trap, trap_message(&e)),
                 };
             }
-            Ok(Ok(Err(wit::HandleError::Invalid(m)))) => return Attempt::Failed(FailureKind::Invalid, m),
-            Ok(Ok(Err(wit::HandleError::Rejected(m)))) => return Attempt::Failed(FailureKind::Rejected, m),
+            Ok(Ok(Err(wit::HandleError::Invalid(m)))) => {
+                return Attempt::Failed(FailureKind::Invalid, m);
+            }
+            Ok(Ok(Err(wit::HandleError::Rejected(m)))) => {
+                return Attempt::Failed(FailureKind::Rejected, m);
+            }
             Ok(Ok(Err(wit::HandleError::Transient(m)))) => {
-                return if uow.conflicted { Attempt::Conflict } else { Attempt::Failed(FailureKind::Transient, m) };
+                return if uow.conflicted {
+                    Attempt::Conflict
+                } else {
+                    Attempt::Failed(FailureKind::Transient, m)
+                };
             }
             Ok(Ok(Ok(output))) => output,
         };
         let output = match RawValue::from_string(output) {
             Ok(o) => o,
-            Err(e) => return Attempt::Failed(FailureKind::Trap, format!("handle returned text that is not JSON: {e}")),
+            Err(e) => {
+                return Attempt::Failed(
+                    FailureKind::Trap,
+                    format!("handle returned text that is not JSON: {e}"),
+                );
+            }
         };
         let uow = std::mem::replace(
             &mut store.data_mut().uow,
@@ -246,10 +289,18 @@ impl Dispatcher {
         );
         drop(store);
         let (writes, events) = uow.into_parts();
-        let answer = Answer { output, events: events.iter().map(event_json).collect() };
+        let answer = Answer {
+            output,
+            events: events.iter().map(event_json).collect(),
+        };
         let answer_text = match serde_json::to_string(&answer) {
             Ok(t) => t,
-            Err(e) => return Attempt::Failed(FailureKind::Trap, format!("answer does not serialise: {e}")),
+            Err(e) => {
+                return Attempt::Failed(
+                    FailureKind::Trap,
+                    format!("answer does not serialise: {e}"),
+                );
+            }
         };
         let commit = Commit {
             module: &module.name,
@@ -266,17 +317,23 @@ impl Dispatcher {
                 Attempt::Committed(answer)
             }
             Err(StoreError::Conflict { .. }) => Attempt::Conflict,
-            Err(StoreError::Duplicate) => match self.store.inbox_answer(&module.name, &envelope.id).await {
-                Ok(Some(a)) => decode_answer(&a),
-                Ok(None) => Attempt::Conflict,
-                Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
-            },
+            Err(StoreError::Duplicate) => {
+                match self.store.inbox_answer(&module.name, &envelope.id).await {
+                    Ok(Some(a)) => decode_answer(&a),
+                    Ok(None) => Attempt::Conflict,
+                    Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
+                }
+            }
             Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
         }
     }
 
     /// Failure event on `T.failed` and, unless rejected, a dead letter.
-    async fn record_failure(&self, envelope: &Envelope, failure: &Failure) -> Result<(), StoreError> {
+    async fn record_failure(
+        &self,
+        envelope: &Envelope,
+        failure: &Failure,
+    ) -> Result<(), StoreError> {
         let dead_letter = (failure.kind != FailureKind::Rejected).then(|| DeadLetter {
             id: envelope::new_id(),
             module: failure.module.clone(),
@@ -291,7 +348,9 @@ impl Dispatcher {
             replayed_at: None,
         });
         let event = failure_event(envelope, failure);
-        self.store.record_failure(dead_letter.as_ref(), event.as_ref()).await?;
+        self.store
+            .record_failure(dead_letter.as_ref(), event.as_ref())
+            .await?;
         if event.is_some() {
             self.log_appended.notify_waiters();
         }
@@ -314,9 +373,15 @@ fn failure_event(envelope: &Envelope, failure: &Failure) -> Option<Envelope> {
     if envelope.topic.ends_with(".failed") {
         return None;
     }
-    let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, format!("{}\n{}", failure.module, envelope.id).as_bytes());
+    let id = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{}\n{}", failure.module, envelope.id).as_bytes(),
+    );
     let mut headers = std::collections::BTreeMap::new();
-    headers.insert(CORRELATION_ID.to_string(), envelope.correlation_id().to_string());
+    headers.insert(
+        CORRELATION_ID.to_string(),
+        envelope.correlation_id().to_string(),
+    );
     headers.insert(CAUSATION_ID.to_string(), envelope.id.clone());
     headers.insert(TIMESTAMP.to_string(), envelope::now_rfc3339());
     if let Some(key) = envelope.header(PARTITION_KEY) {
@@ -347,7 +412,10 @@ fn failure_event(envelope: &Envelope, failure: &Failure) -> Option<Envelope> {
 fn decode_answer(text: &str) -> Attempt {
     match serde_json::from_str::<Answer>(text) {
         Ok(a) => Attempt::Duplicate(a),
-        Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("stored answer does not decode: {e}")),
+        Err(e) => Attempt::Failed(
+            FailureKind::Unavailable,
+            format!("stored answer does not decode: {e}"),
+        ),
     }
 }
 
@@ -357,7 +425,9 @@ fn event_json(e: &Envelope) -> serde_json::Value {
 
 /// Exponential backoff with full jitter: base * 2^(attempt-1), capped.
 fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(MAX_BACKOFF);
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF);
     let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
 }
@@ -369,7 +439,10 @@ fn trap_message(e: &wasmtime::Error) -> String {
         None => e.to_string(),
     };
     let detail = format!("{e:?}");
-    let frame = detail.lines().find(|l| l.trim_start().starts_with("0:")).map(str::trim);
+    let frame = detail
+        .lines()
+        .find(|l| l.trim_start().starts_with("0:"))
+        .map(str::trim);
     match frame {
         Some(f) => format!("trapped: {reason} (at {f})"),
         None => format!("trapped: {reason}"),

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{
+    Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::registry::Grants;
@@ -43,7 +45,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -85,14 +90,19 @@ impl Engine {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = wasmtime::Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
+        let engine =
+            wasmtime::Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
         // Rust guests import wasi:cli and wasi:io even when they do no I/O;
         // the context is empty: no preopened dirs, no env, no network.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| EngineError::Config(format!("{e:#}")))?;
-        Guest::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| EngineError::Config(format!("{e:#}")))?;
+        Guest::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
@@ -106,22 +116,35 @@ impl Engine {
                 }
             })
             .map_err(|e| EngineError::Config(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Self { engine, linker, stop_ticker })
+        Ok(Self {
+            engine,
+            linker,
+            stop_ticker,
+        })
     }
 
     /// Compiles a component (Cranelift; CPU-bound, run it off the async threads).
     pub fn compile(&self, bytes: &[u8]) -> Result<Component, EngineError> {
-        Component::from_binary(&self.engine, bytes).map_err(|e| EngineError::Compile(format!("{e:#}")))
+        Component::from_binary(&self.engine, bytes)
+            .map_err(|e| EngineError::Compile(format!("{e:#}")))
     }
 
     /// Links a component against the world, once per loaded module.
     pub fn prepare(&self, component: &Component) -> Result<GuestPre<HostState>, EngineError> {
-        let pre = self.linker.instantiate_pre(component).map_err(|e| EngineError::Link(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(component)
+            .map_err(|e| EngineError::Link(format!("{e:#}")))?;
         GuestPre::new(pre).map_err(|e| EngineError::Link(format!("{e:#}")))
     }
 
     /// A fresh store for one call, with the module's memory cap and deadline.
-    pub fn new_store(&self, uow: UnitOfWork, max_memory_mb: u64, timeout: Duration) -> wasmtime::Store<HostState> {
+    pub fn new_store(
+        &self,
+        uow: UnitOfWork,
+        max_memory_mb: u64,
+        timeout: Duration,
+    ) -> wasmtime::Store<HostState> {
         let memory = usize::try_from(max_memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory)
@@ -130,7 +153,12 @@ impl Engine {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        let state = HostState { wasi: WasiCtx::builder().build(), table: ResourceTable::new(), limits, uow };
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits,
+            uow,
+        };
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) + 1;
@@ -155,7 +183,9 @@ impl Engine {
         match tokio::time::timeout(timeout + EPOCH_TICK * 2, call).await {
             Ok(Ok(d)) => Ok(d),
             Ok(Err(e)) => Err(EngineError::Describe(format!("{e:#}"))),
-            Err(_) => Err(EngineError::Describe(format!("took longer than {timeout:?}"))),
+            Err(_) => Err(EngineError::Describe(format!(
+                "took longer than {timeout:?}"
+            ))),
         }
     }
 }

@@ -32,7 +32,10 @@ pub enum EnvelopeError {
     #[error("not a JSON envelope: {0}")]
     Json(String),
     #[error("field `{field}` {problem}")]
-    Field { field: &'static str, problem: String },
+    Field {
+        field: &'static str,
+        problem: String,
+    },
     #[error("header `{name}` {problem}")]
     Header { name: String, problem: String },
 }
@@ -51,7 +54,10 @@ struct WireEnvelope {
 
 impl Envelope {
     /// Parses the JSON form. A missing id becomes `default_id()`.
-    pub fn from_json(bytes: &[u8], default_id: impl FnOnce() -> String) -> Result<Self, EnvelopeError> {
+    pub fn from_json(
+        bytes: &[u8],
+        default_id: impl FnOnce() -> String,
+    ) -> Result<Self, EnvelopeError> {
         let wire: WireEnvelope =
             serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Json(e.to_string()))?;
         let id = match wire.id {
@@ -77,9 +83,18 @@ impl Envelope {
         headers: BTreeMap<String, String>,
         body_json: &str,
     ) -> Result<Self, EnvelopeError> {
-        let body = RawValue::from_string(body_json.to_string())
-            .map_err(|e| EnvelopeError::Field { field: "body", problem: format!("is not JSON: {e}") })?;
-        let envelope = Envelope { id, topic, subtopic, headers, body };
+        let body =
+            RawValue::from_string(body_json.to_string()).map_err(|e| EnvelopeError::Field {
+                field: "body",
+                problem: format!("is not JSON: {e}"),
+            })?;
+        let envelope = Envelope {
+            id,
+            topic,
+            subtopic,
+            headers,
+            body,
+        };
         envelope.validate()?;
         Ok(envelope)
     }
@@ -95,7 +110,10 @@ impl Envelope {
             });
         }
         if self.id.chars().any(char::is_control) {
-            return Err(EnvelopeError::Field { field: "id", problem: "must not contain control characters".into() });
+            return Err(EnvelopeError::Field {
+                field: "id",
+                problem: "must not contain control characters".into(),
+            });
         }
         for name in self.headers.keys() {
             if name.is_empty() || name.len() > MAX_NAME_LEN || !name.bytes().all(is_header_byte) {
@@ -131,7 +149,10 @@ impl Envelope {
 /// Topic and subtopic names: non-empty, at most 255 bytes, `[A-Za-z0-9._-]`.
 pub fn check_name(field: &'static str, value: &str) -> Result<(), EnvelopeError> {
     if value.is_empty() {
-        return Err(EnvelopeError::Field { field, problem: "must not be empty".into() });
+        return Err(EnvelopeError::Field {
+            field,
+            problem: "must not be empty".into(),
+        });
     }
     if value.len() > MAX_NAME_LEN {
         return Err(EnvelopeError::Field {
@@ -139,7 +160,10 @@ pub fn check_name(field: &'static str, value: &str) -> Result<(), EnvelopeError>
             problem: format!("is {} bytes, more than {MAX_NAME_LEN}", value.len()),
         });
     }
-    if let Some(bad) = value.chars().find(|c| !(c.is_ascii() && is_name_byte(*c as u8))) {
+    if let Some(bad) = value
+        .chars()
+        .find(|c| !(c.is_ascii() && is_name_byte(*c as u8)))
+    {
         return Err(EnvelopeError::Field {
             field,
             problem: format!("contains {bad:?}; allowed are A-Z a-z 0-9 . _ -"),
@@ -186,25 +210,38 @@ mod tests {
 
     #[test]
     fn names_the_bad_field() {
-        let err = parse(r#"{"topic":"or ders","subtopic":"place","body":1}"#).unwrap_err();
+        let err = parse(r#"{"topic":"or ders","subtopic":"place","body":1}"#)
+            .expect_err("must be refused");
         assert!(err.to_string().contains("`topic`"), "{err}");
-        let err = parse(r#"{"topic":"orders","subtopic":"","body":1}"#).unwrap_err();
-        assert!(err.to_string().contains("`subtopic` must not be empty"), "{err}");
-        let err = parse(r#"{"topic":"orders","body":1}"#).unwrap_err();
-        assert!(err.to_string().contains("missing field `subtopic`"), "{err}");
-        let err = parse(r#"{"topic":"orders","subtopic":"x","body":1,"extra":2}"#).unwrap_err();
+        let err =
+            parse(r#"{"topic":"orders","subtopic":"","body":1}"#).expect_err("must be refused");
+        assert!(
+            err.to_string().contains("`subtopic` must not be empty"),
+            "{err}"
+        );
+        let err = parse(r#"{"topic":"orders","body":1}"#).expect_err("must be refused");
+        assert!(
+            err.to_string().contains("missing field `subtopic`"),
+            "{err}"
+        );
+        let err = parse(r#"{"topic":"orders","subtopic":"x","body":1,"extra":2}"#)
+            .expect_err("must be refused");
         assert!(err.to_string().contains("unknown field `extra`"), "{err}");
         let long = "a".repeat(256);
-        let err = parse(&format!(r#"{{"topic":"{long}","subtopic":"x","body":1}}"#)).unwrap_err();
+        let err = parse(&format!(r#"{{"topic":"{long}","subtopic":"x","body":1}}"#))
+            .expect_err("must be refused");
         assert!(err.to_string().contains("more than 255"), "{err}");
-        let err = parse(r#"{"topic":"t","subtopic":"x","headers":{"a b":"1"},"body":1}"#).unwrap_err();
+        let err = parse(r#"{"topic":"t","subtopic":"x","headers":{"a b":"1"},"body":1}"#)
+            .expect_err("must be refused");
         assert!(err.to_string().contains("header `a b`"), "{err}");
     }
 
     #[test]
     fn round_trips_through_json() {
-        let e = parse(r#"{"id":"m1","topic":"t","subtopic":"s","headers":{"k":"v"},"body":[1,{"a":null}]}"#)
-            .expect("valid");
+        let e = parse(
+            r#"{"id":"m1","topic":"t","subtopic":"s","headers":{"k":"v"},"body":[1,{"a":null}]}"#,
+        )
+        .expect("valid");
         let again = parse(&e.to_json()).expect("valid");
         assert_eq!(again.id, "m1");
         assert_eq!(again.headers, e.headers);

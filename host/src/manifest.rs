@@ -29,11 +29,18 @@ pub const MAX_MEMORY_MB_LIMIT: u64 = 4_096;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: `{key}`: {message}")]
-    Invalid { path: PathBuf, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 }
 
 /// The whole manifest, validated, with paths made absolute.
@@ -159,25 +166,47 @@ struct RawHost {
 impl Manifest {
     /// Reads and validates the manifest at `path`.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ManifestError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
     /// Validates manifest text as if it were read from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ManifestError> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let raw: RawManifest = toml::from_str(text)
-            .map_err(|e| ManifestError::Parse { path: path.clone(), message: e.to_string().trim_end().to_string() })?;
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        let invalid = |key: String, message: String| ManifestError::Invalid { path: path.clone(), key, message };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: path.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let invalid = |key: String, message: String| ManifestError::Invalid {
+            path: path.clone(),
+            key,
+            message,
+        };
 
-        let database = resolve_database(&dir, raw.host.database.as_deref().unwrap_or(DEFAULT_DATABASE))
-            .map_err(|m| invalid("host.database".into(), m))?;
+        let database = resolve_database(
+            &dir,
+            raw.host.database.as_deref().unwrap_or(DEFAULT_DATABASE),
+        )
+        .map_err(|m| invalid("host.database".into(), m))?;
         let host = HostSettings {
-            listen: raw.host.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
+            listen: raw
+                .host
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.to_string()),
             database,
-            plugins_dir: dir.join(raw.host.plugins_dir.as_deref().unwrap_or(DEFAULT_PLUGINS_DIR)),
+            plugins_dir: dir.join(
+                raw.host
+                    .plugins_dir
+                    .as_deref()
+                    .unwrap_or(DEFAULT_PLUGINS_DIR),
+            ),
             strict: raw.host.strict,
             admin_token_env: raw.host.admin_token_env,
             max_body_bytes: raw.host.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
@@ -186,19 +215,36 @@ impl Manifest {
         for (name, entry) in &raw.modules {
             let key = |k: &str| format!("modules.{name}.{k}");
             check_module_name(name).map_err(|m| invalid(format!("modules.{name}"), m))?;
-            if entry.file.is_empty() || Path::new(&entry.file).components().count() != 1 || !entry.file.ends_with(".wasm") {
-                return Err(invalid(key("file"), format!("{:?} must be a `*.wasm` file name inside plugins-dir", entry.file)));
+            if entry.file.is_empty()
+                || Path::new(&entry.file).components().count() != 1
+                || !entry.file.ends_with(".wasm")
+            {
+                return Err(invalid(
+                    key("file"),
+                    format!(
+                        "{:?} must be a `*.wasm` file name inside plugins-dir",
+                        entry.file
+                    ),
+                ));
             }
-            for (list_key, list) in [("topics", &entry.topics), ("subscribes", &entry.subscribes), ("emits", &entry.emits)] {
+            for (list_key, list) in [
+                ("topics", &entry.topics),
+                ("subscribes", &entry.subscribes),
+                ("emits", &entry.emits),
+            ] {
                 for topic in list.iter().flatten() {
-                    check_name("topic", topic).map_err(|e| invalid(key(list_key), format!("{topic:?}: {e}")))?;
+                    check_name("topic", topic)
+                        .map_err(|e| invalid(key(list_key), format!("{topic:?}: {e}")))?;
                 }
             }
             for other in &entry.reads {
                 check_module_name(other).map_err(|m| invalid(key("reads"), m))?;
             }
             if entry.max_memory_mb == 0 || entry.max_memory_mb > MAX_MEMORY_MB_LIMIT {
-                return Err(invalid(key("max-memory-mb"), format!("must be 1 to {MAX_MEMORY_MB_LIMIT}")));
+                return Err(invalid(
+                    key("max-memory-mb"),
+                    format!("must be 1 to {MAX_MEMORY_MB_LIMIT}"),
+                ));
             }
             if entry.timeout_ms == 0 {
                 return Err(invalid(key("timeout-ms"), "must be at least 1".into()));
@@ -207,25 +253,48 @@ impl Manifest {
                 return Err(invalid(key("max-attempts"), "must be at least 1".into()));
             }
             if entry.artifact.is_some() && entry.build.is_none() {
-                return Err(invalid(key("artifact"), "needs a `build` command that produces it".into()));
+                return Err(invalid(
+                    key("artifact"),
+                    "needs a `build` command that produces it".into(),
+                ));
             }
         }
 
-        Ok(Manifest { path, dir, host, redis: raw.redis, kafka: raw.kafka, modules: raw.modules })
+        Ok(Manifest {
+            path,
+            dir,
+            host,
+            redis: raw.redis,
+            kafka: raw.kafka,
+            modules: raw.modules,
+        })
     }
 }
 
 fn check_module_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok { Ok(()) } else { Err(format!("module name {name:?} must be 1 to 64 of [A-Za-z0-9_-]")) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "module name {name:?} must be 1 to 64 of [A-Za-z0-9_-]"
+        ))
+    }
 }
 
 /// Makes a relative SQLite path absolute against the manifest's folder.
 fn resolve_database(dir: &Path, url: &str) -> Result<String, String> {
-    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-        let (file, query) = rest.split_once('?').map_or((rest, None), |(f, q)| (f, Some(q)));
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let (file, query) = rest
+            .split_once('?')
+            .map_or((rest, None), |(f, q)| (f, Some(q)));
         if file.is_empty() {
             return Err("sqlite URL names no file".into());
         }
@@ -243,7 +312,9 @@ fn resolve_database(dir: &Path, url: &str) -> Result<String, String> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(url.to_string())
     } else {
-        Err(format!("{url:?} is neither sqlite://FILE nor postgres://..."))
+        Err(format!(
+            "{url:?} is neither sqlite://FILE nor postgres://..."
+        ))
     }
 }
 
@@ -262,12 +333,16 @@ mod tests {
         assert_eq!(m.host.database, "sqlite:///srv/app/switchyard.db");
         assert_eq!(m.host.plugins_dir, PathBuf::from("/srv/app/plugins"));
         let orders = &m.modules["orders"];
-        assert_eq!((orders.max_memory_mb, orders.timeout_ms, orders.max_attempts), (64, 2000, 5));
+        assert_eq!(
+            (orders.max_memory_mb, orders.timeout_ms, orders.max_attempts),
+            (64, 2000, 5)
+        );
     }
 
     #[test]
     fn typo_names_key_and_file() {
-        let err = parse("[modules.orders]\nfile = \"orders.wasm\"\ntopcs = [\"orders\"]\n").unwrap_err();
+        let err = parse("[modules.orders]\nfile = \"orders.wasm\"\ntopcs = [\"orders\"]\n")
+            .expect_err("must be refused");
         let text = err.to_string();
         assert!(text.contains("/srv/app/plugins.toml"), "{text}");
         assert!(text.contains("topcs"), "{text}");
@@ -275,11 +350,12 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_module_key() {
-        let err = parse("[modules.orders]\nfile = \"orders.wasm\"\ntopics = [\"a b\"]\n").unwrap_err();
+        let err = parse("[modules.orders]\nfile = \"orders.wasm\"\ntopics = [\"a b\"]\n")
+            .expect_err("must be refused");
         assert!(err.to_string().contains("modules.orders.topics"), "{err}");
-        let err = parse("[modules.orders]\nfile = \"../x.wasm\"\n").unwrap_err();
+        let err = parse("[modules.orders]\nfile = \"../x.wasm\"\n").expect_err("must be refused");
         assert!(err.to_string().contains("modules.orders.file"), "{err}");
-        let err = parse("[host]\ndatabase = \"mysql://x\"\n").unwrap_err();
+        let err = parse("[host]\ndatabase = \"mysql://x\"\n").expect_err("must be refused");
         assert!(err.to_string().contains("host.database"), "{err}");
     }
 }

@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use crate::engine::{Engine, GuestPre, HostState};
 use crate::envelope::check_name;
 use crate::manifest::{
-    DEFAULT_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MEMORY_MB, DEFAULT_TIMEOUT_MS, Manifest, ModuleEntry,
+    DEFAULT_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MEMORY_MB, DEFAULT_TIMEOUT_MS, Manifest,
+    ModuleEntry,
 };
 
 /// What a module may touch, fixed when it loads.
@@ -129,7 +130,12 @@ impl Registry {
     /// Loads every module the manifest names and every drop-in `*.wasm` of
     /// the plugins folder, and resolves the routes.
     /// A module that fails to load keeps its `previous` version serving.
-    pub async fn load(&self, engine: &Arc<Engine>, manifest: &Manifest, previous: Option<&Routes>) -> Routes {
+    pub async fn load(
+        &self,
+        engine: &Arc<Engine>,
+        manifest: &Manifest,
+        previous: Option<&Routes>,
+    ) -> Routes {
         let keep = |name: &str| previous.and_then(|p| p.modules.get(name)).cloned();
         let mut loaded: Vec<Arc<LoadedModule>> = Vec::new();
         let mut problems = Vec::new();
@@ -143,13 +149,20 @@ impl Registry {
                     if let Some(old) = keep(name) {
                         loaded.push(old);
                     }
-                    problems.push(LoadProblem { module: name.clone(), file, message });
+                    problems.push(LoadProblem {
+                        module: name.clone(),
+                        file,
+                        message,
+                    });
                 }
             }
         }
 
         for file in drop_ins(dir, manifest) {
-            let stem = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
             if manifest.host.strict {
                 problems.push(LoadProblem {
                     module: stem,
@@ -159,7 +172,10 @@ impl Registry {
                 continue;
             }
             match self.load_one(engine, &stem, None, &file).await {
-                Ok(m) if manifest.modules.contains_key(&m.name) || loaded.iter().any(|l| l.name == m.name) => {
+                Ok(m)
+                    if manifest.modules.contains_key(&m.name)
+                        || loaded.iter().any(|l| l.name == m.name) =>
+                {
                     problems.push(LoadProblem {
                         module: m.name.clone(),
                         file,
@@ -168,9 +184,14 @@ impl Registry {
                 }
                 Ok(m) => loaded.push(Arc::new(m)),
                 Err(message) => {
-                    let old = previous.and_then(|p| p.modules.values().find(|m| m.file == file).cloned());
+                    let old =
+                        previous.and_then(|p| p.modules.values().find(|m| m.file == file).cloned());
                     loaded.extend(old);
-                    problems.push(LoadProblem { module: stem, file, message });
+                    problems.push(LoadProblem {
+                        module: stem,
+                        file,
+                        message,
+                    });
                 }
             }
         }
@@ -194,7 +215,11 @@ impl Registry {
                 routes.commands.insert(topic.clone(), module.clone());
             }
             for topic in &module.subscribes {
-                routes.subscribers.entry(topic.clone()).or_default().push(module.clone());
+                routes
+                    .subscribers
+                    .entry(topic.clone())
+                    .or_default()
+                    .push(module.clone());
             }
             routes.modules.insert(module.name.clone(), module);
         }
@@ -232,13 +257,22 @@ impl Registry {
             max_attempts: entry.map_or(DEFAULT_MAX_ATTEMPTS, |e| e.max_attempts),
             backoff: Duration::from_millis(entry.map_or(DEFAULT_BACKOFF_MS, |e| e.backoff_ms)),
         };
-        let probe = Arc::new(Grants { name: name.to_string(), ..Grants::default() });
+        let probe = Arc::new(Grants {
+            name: name.to_string(),
+            ..Grants::default()
+        });
         let descriptor = engine
             .describe(&pre, probe, limits.max_memory_mb, limits.timeout)
             .await
             .map_err(|e| e.to_string())?;
-        for topic in descriptor.topics.iter().chain(&descriptor.subscribes).chain(&descriptor.emits) {
-            check_name("topic", topic).map_err(|e| format!("describe declares topic {topic:?}: {e}"))?;
+        for topic in descriptor
+            .topics
+            .iter()
+            .chain(&descriptor.subscribes)
+            .chain(&descriptor.emits)
+        {
+            check_name("topic", topic)
+                .map_err(|e| format!("describe declares topic {topic:?}: {e}"))?;
         }
         // A drop-in is known by the name it declares; a manifest module by its key.
         let name = match entry {
@@ -249,13 +283,20 @@ impl Registry {
                 name.to_string()
             }
             None => {
-                check_name("name", &descriptor.name).map_err(|e| format!("describe declares name: {e}"))?;
+                check_name("name", &descriptor.name)
+                    .map_err(|e| format!("describe declares name: {e}"))?;
                 descriptor.name.clone()
             }
         };
-        let topics = entry.and_then(|e| e.topics.clone()).unwrap_or(descriptor.topics);
-        let subscribes = entry.and_then(|e| e.subscribes.clone()).unwrap_or(descriptor.subscribes);
-        let emits = entry.and_then(|e| e.emits.clone()).unwrap_or(descriptor.emits);
+        let topics = entry
+            .and_then(|e| e.topics.clone())
+            .unwrap_or(descriptor.topics);
+        let subscribes = entry
+            .and_then(|e| e.subscribes.clone())
+            .unwrap_or(descriptor.subscribes);
+        let emits = entry
+            .and_then(|e| e.emits.clone())
+            .unwrap_or(descriptor.emits);
         let config = entry
             .map(|e| {
                 e.config
@@ -283,7 +324,11 @@ impl Registry {
             version: descriptor.version,
             sha256,
             file: file.to_path_buf(),
-            source: if entry.is_some() { Source::Manifest } else { Source::DropIn },
+            source: if entry.is_some() {
+                Source::Manifest
+            } else {
+                Source::DropIn
+            },
             topics,
             subscribes,
             loaded_at: crate::envelope::now_rfc3339(),
@@ -304,7 +349,10 @@ fn drop_ins(dir: &Path, manifest: &Manifest) -> Vec<PathBuf> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "wasm"))
-        .filter(|p| p.file_name().is_some_and(|n| !named.iter().any(|f| n == *f)))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| !named.iter().any(|f| n == *f))
+        })
         .collect();
     files.sort();
     files
@@ -312,10 +360,12 @@ fn drop_ins(dir: &Path, manifest: &Manifest) -> Vec<PathBuf> {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Counts a handled or failed message.

@@ -39,7 +39,10 @@ impl Reloader {
         let _one = self.lock.lock().await;
         let manifest = Manifest::load(&self.manifest_path)?;
         let previous = self.registry.routes();
-        let routes = self.registry.load(&self.engine, &manifest, Some(&previous)).await;
+        let routes = self
+            .registry
+            .load(&self.engine, &manifest, Some(&previous))
+            .await;
         let summary = ReloadSummary {
             modules: routes.modules.keys().cloned().collect(),
             problems: routes.problems.clone(),
@@ -85,11 +88,15 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
     let routes = registry.load(&engine, &manifest, None).await;
     registry.replace(routes);
     if manifest.redis.is_some() || manifest.kafka.is_some() {
-        tracing::warn!("[redis] / [kafka] are not wired in this build; events travel through the embedded log");
+        tracing::warn!(
+            "[redis] / [kafka] are not wired in this build; events travel through the embedded log"
+        );
     }
 
     let dispatcher = Arc::new(Dispatcher::new(engine.clone(), store, registry.clone()));
-    embedded::init_cursors(&dispatcher).await.context("preparing the embedded log")?;
+    embedded::init_cursors(&dispatcher)
+        .await
+        .context("preparing the embedded log")?;
 
     let admin_token = manifest
         .host
@@ -106,26 +113,47 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         manifest_path: manifest.path.clone(),
         lock: tokio::sync::Mutex::new(()),
     });
-    let state = Arc::new(http::ApiState { dispatcher: dispatcher.clone(), reloader, admin_token });
+    let state = Arc::new(http::ApiState {
+        dispatcher: dispatcher.clone(),
+        reloader,
+        admin_token,
+    });
     let app = http::router(state, manifest.host.max_body_bytes);
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(embedded::run(dispatcher.clone(), shutdown.clone(), tracker.clone()));
-    let addr = listener.local_addr().context("reading the listening address")?;
+    tracker.spawn(embedded::run(
+        dispatcher.clone(),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    let addr = listener
+        .local_addr()
+        .context("reading the listening address")?;
     let stop = shutdown.clone();
     tracker.spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
     tracing::info!(%addr, "switchyard serving");
-    Ok(Host { addr, shutdown, tracker, dispatcher })
+    Ok(Host {
+        addr,
+        shutdown,
+        tracker,
+        dispatcher,
+    })
 }
 
 /// Serves until `signal` resolves, then drains.
-pub async fn run(manifest: Manifest, listener: TcpListener, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    manifest: Manifest,
+    listener: TcpListener,
+    signal: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let host = start(manifest, listener).await?;
     signal.await;
     tracing::info!("shutting down: finishing in-flight messages");

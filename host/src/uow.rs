@@ -118,11 +118,18 @@ impl UnitOfWork {
     }
 
     /// The document as this message sees it: its own write, else the store.
-    pub async fn get(&mut self, collection: &str, key: &str) -> Result<Option<Document>, RepoFailure> {
+    pub async fn get(
+        &mut self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Document>, RepoFailure> {
         check_address(collection, key)?;
         let id = (collection.to_string(), key.to_string());
         if let Some(p) = self.writes.get(&id) {
-            return Ok(p.value.clone().map(|value| Document { value, version: p.base_version + 1 }));
+            return Ok(p.value.clone().map(|value| Document {
+                value,
+                version: p.base_version + 1,
+            }));
         }
         if let Some(doc) = self.seen.get(&id) {
             return Ok(doc.clone());
@@ -148,7 +155,9 @@ impl UnitOfWork {
             )));
         }
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&value) {
-            return Err(RepoFailure::Invalid(format!("value of {collection}/{key} is not JSON: {e}")));
+            return Err(RepoFailure::Invalid(format!(
+                "value of {collection}/{key} is not JSON: {e}"
+            )));
         }
         let current = self.current_version(collection, key).await?;
         self.check_expected(expected, current)?;
@@ -157,16 +166,29 @@ impl UnitOfWork {
             Some(p) => p.base_version,
             None => {
                 if self.writes.len() >= MAX_WRITES {
-                    return Err(RepoFailure::TooLarge(format!("more than {MAX_WRITES} documents written by one message")));
+                    return Err(RepoFailure::TooLarge(format!(
+                        "more than {MAX_WRITES} documents written by one message"
+                    )));
                 }
                 current
             }
         };
-        self.writes.insert(id, Pending { value: Some(value), base_version });
+        self.writes.insert(
+            id,
+            Pending {
+                value: Some(value),
+                base_version,
+            },
+        );
         Ok(base_version + 1)
     }
 
-    pub async fn delete(&mut self, collection: &str, key: &str, expected: Option<u64>) -> Result<bool, RepoFailure> {
+    pub async fn delete(
+        &mut self,
+        collection: &str,
+        key: &str,
+        expected: Option<u64>,
+    ) -> Result<bool, RepoFailure> {
         let current = self.current_version(collection, key).await?;
         if current == 0 {
             return match expected {
@@ -181,13 +203,24 @@ impl UnitOfWork {
             // Created and deleted within this message: nothing to commit.
             self.writes.remove(&id);
         } else {
-            self.writes.insert(id, Pending { value: None, base_version });
+            self.writes.insert(
+                id,
+                Pending {
+                    value: None,
+                    base_version,
+                },
+            );
         }
         Ok(true)
     }
 
     /// This module's documents by key prefix, with this message's writes applied.
-    pub async fn scan(&mut self, collection: &str, prefix: &str, limit: u32) -> Result<Vec<(String, Document)>, RepoFailure> {
+    pub async fn scan(
+        &mut self,
+        collection: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<(String, Document)>, RepoFailure> {
         check_address(collection, prefix)?;
         // A guest-chosen limit: clamp it so one call cannot read the world.
         let limit = limit.min(MAX_SCAN_LIMIT);
@@ -201,10 +234,20 @@ impl UnitOfWork {
         let fetched = self.store()?.scan(&module, collection, prefix, fetch).await;
         let stored = fetched.map_err(|e| self.store_failed(e))?;
         let mut merged: BTreeMap<String, Document> = stored.into_iter().collect();
-        for ((_, key), p) in self.writes.iter().filter(|((c, k), _)| c == collection && k.starts_with(prefix)) {
+        for ((_, key), p) in self
+            .writes
+            .iter()
+            .filter(|((c, k), _)| c == collection && k.starts_with(prefix))
+        {
             match &p.value {
                 Some(value) => {
-                    merged.insert(key.clone(), Document { value: value.clone(), version: p.base_version + 1 });
+                    merged.insert(
+                        key.clone(),
+                        Document {
+                            value: value.clone(),
+                            version: p.base_version + 1,
+                        },
+                    );
                 }
                 None => {
                     merged.remove(key);
@@ -215,7 +258,12 @@ impl UnitOfWork {
     }
 
     /// Reads another module's document, if `reads` grants it.
-    pub async fn read(&mut self, owner: &str, collection: &str, key: &str) -> Result<Option<Document>, RepoFailure> {
+    pub async fn read(
+        &mut self,
+        owner: &str,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Document>, RepoFailure> {
         if owner == self.grants.name {
             return self.get(collection, key).await;
         }
@@ -237,7 +285,10 @@ impl UnitOfWork {
         }
         self.check_read_grant(owner)?;
         check_address(collection, prefix)?;
-        let fetched = self.store()?.scan(owner, collection, prefix, limit.min(MAX_SCAN_LIMIT)).await;
+        let fetched = self
+            .store()?
+            .scan(owner, collection, prefix, limit.min(MAX_SCAN_LIMIT))
+            .await;
         fetched.map_err(|e| self.store_failed(e))
     }
 
@@ -252,7 +303,7 @@ impl UnitOfWork {
         let Some(message) = &self.message else {
             return Err(EmitFailure::Invalid("no message is being handled".into()));
         };
-        if !self.grants.emits.iter().any(|t| *t == topic) {
+        if !self.grants.emits.contains(&topic) {
             return Err(EmitFailure::NotPermitted(format!(
                 "module '{}' may not emit to '{topic}': add it to `emits` (declared: {})",
                 self.grants.name,
@@ -260,9 +311,15 @@ impl UnitOfWork {
             )));
         }
         if self.events.len() >= MAX_EVENTS {
-            return Err(EmitFailure::TooLarge(format!("more than {MAX_EVENTS} events from one message")));
+            return Err(EmitFailure::TooLarge(format!(
+                "more than {MAX_EVENTS} events from one message"
+            )));
         }
-        let size = body.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let size = body.len()
+            + headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
         if self.event_bytes + size > MAX_EVENT_BYTES {
             return Err(EmitFailure::TooLarge(format!(
                 "events of one message may total {MAX_EVENT_BYTES} bytes"
@@ -286,8 +343,17 @@ impl UnitOfWork {
             .writes
             .into_iter()
             .map(|((collection, key), p)| match p.value {
-                Some(value) => Write::Put { collection, key, value, base_version: p.base_version },
-                None => Write::Delete { collection, key, base_version: p.base_version },
+                Some(value) => Write::Put {
+                    collection,
+                    key,
+                    value,
+                    base_version: p.base_version,
+                },
+                None => Write::Delete {
+                    collection,
+                    key,
+                    base_version: p.base_version,
+                },
             })
             .collect();
         (writes, self.events)
@@ -322,7 +388,9 @@ impl UnitOfWork {
 /// Guest-supplied names: bounded and non-empty where it matters.
 fn check_address(collection: &str, key: &str) -> Result<(), RepoFailure> {
     if collection.is_empty()
-        || !collection.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        || !collection
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
     {
         return Err(RepoFailure::Invalid(format!(
             "collection {:?} must be non-empty [A-Za-z0-9._-]",
@@ -330,10 +398,15 @@ fn check_address(collection: &str, key: &str) -> Result<(), RepoFailure> {
         )));
     }
     if collection.len() > MAX_COLLECTION_LEN {
-        return Err(RepoFailure::TooLarge(format!("collection name over {MAX_COLLECTION_LEN} bytes")));
+        return Err(RepoFailure::TooLarge(format!(
+            "collection name over {MAX_COLLECTION_LEN} bytes"
+        )));
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(RepoFailure::TooLarge(format!("key of {} bytes; the limit is {MAX_KEY_LEN}", key.len())));
+        return Err(RepoFailure::TooLarge(format!(
+            "key of {} bytes; the limit is {MAX_KEY_LEN}",
+            key.len()
+        )));
     }
     Ok(())
 }

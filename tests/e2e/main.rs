@@ -1,1 +1,10 @@
+#![allow(clippy::unwrap_used)]
+//! End-to-end tests: real components built from `plugins/`, a real SQLite
+//! file per test, a real host on an ephemeral port, real HTTP.
 
+mod support;
+
+mod cli;
+mod concurrency;
+mod failures;
+mod saga;

@@ -9,6 +9,11 @@ impl Host for HostState {
     }
 
     async fn get_all(&mut self) -> Vec<(String, String)> {
-        self.uow.grants.config.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.uow
+            .grants
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 }

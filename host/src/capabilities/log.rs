@@ -24,11 +24,21 @@ impl Host for HostState {
             .as_ref()
             .map_or(("", ""), |m| (m.id.as_str(), m.correlation_id.as_str()));
         match level {
-            Level::Trace => tracing::trace!(target: "module", module, message_id, correlation_id, "{line}"),
-            Level::Debug => tracing::debug!(target: "module", module, message_id, correlation_id, "{line}"),
-            Level::Info => tracing::info!(target: "module", module, message_id, correlation_id, "{line}"),
-            Level::Warn => tracing::warn!(target: "module", module, message_id, correlation_id, "{line}"),
-            Level::Error => tracing::error!(target: "module", module, message_id, correlation_id, "{line}"),
+            Level::Trace => {
+                tracing::trace!(target: "module", module, message_id, correlation_id, "{line}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "module", module, message_id, correlation_id, "{line}")
+            }
+            Level::Info => {
+                tracing::info!(target: "module", module, message_id, correlation_id, "{line}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "module", module, message_id, correlation_id, "{line}")
+            }
+            Level::Error => {
+                tracing::error!(target: "module", module, message_id, correlation_id, "{line}")
+            }
         }
     }
 }

@@ -19,7 +19,11 @@ impl From<RepoFailure> for RepoError {
 }
 
 fn to_wit(key: String, doc: store::Document) -> Document {
-    Document { key, value: doc.value, version: doc.version }
+    Document {
+        key,
+        value: doc.value,
+        version: doc.version,
+    }
 }
 
 fn refused(state: &HostState, call: &str, e: &RepoFailure) {
@@ -29,7 +33,11 @@ fn refused(state: &HostState, call: &str, e: &RepoFailure) {
 }
 
 impl Host for HostState {
-    async fn get(&mut self, collection: String, key: String) -> Result<Option<Document>, RepoError> {
+    async fn get(
+        &mut self,
+        collection: String,
+        key: String,
+    ) -> Result<Option<Document>, RepoError> {
         let doc = self.uow.get(&collection, &key).await?;
         Ok(doc.map(|d| to_wit(key, d)))
     }
@@ -41,20 +49,39 @@ impl Host for HostState {
         value: String,
         expected_version: Option<u64>,
     ) -> Result<u64, RepoError> {
-        let r = self.uow.put(&collection, &key, value, expected_version).await;
-        r.inspect_err(|e| refused(self, "put", e)).map_err(Into::into)
+        let r = self
+            .uow
+            .put(&collection, &key, value, expected_version)
+            .await;
+        r.inspect_err(|e| refused(self, "put", e))
+            .map_err(Into::into)
     }
 
-    async fn delete(&mut self, collection: String, key: String, expected_version: Option<u64>) -> Result<bool, RepoError> {
+    async fn delete(
+        &mut self,
+        collection: String,
+        key: String,
+        expected_version: Option<u64>,
+    ) -> Result<bool, RepoError> {
         Ok(self.uow.delete(&collection, &key, expected_version).await?)
     }
 
-    async fn scan(&mut self, collection: String, prefix: String, limit: u32) -> Result<Vec<Document>, RepoError> {
+    async fn scan(
+        &mut self,
+        collection: String,
+        prefix: String,
+        limit: u32,
+    ) -> Result<Vec<Document>, RepoError> {
         let docs = self.uow.scan(&collection, &prefix, limit).await?;
         Ok(docs.into_iter().map(|(k, d)| to_wit(k, d)).collect())
     }
 
-    async fn read(&mut self, owner: String, collection: String, key: String) -> Result<Option<Document>, RepoError> {
+    async fn read(
+        &mut self,
+        owner: String,
+        collection: String,
+        key: String,
+    ) -> Result<Option<Document>, RepoError> {
         let r = self.uow.read(&owner, &collection, &key).await;
         let doc = r.inspect_err(|e| refused(self, "read", e))?;
         Ok(doc.map(|d| to_wit(key, d)))
@@ -67,7 +94,10 @@ impl Host for HostState {
         prefix: String,
         limit: u32,
     ) -> Result<Vec<Document>, RepoError> {
-        let r = self.uow.read_scan(&owner, &collection, &prefix, limit).await;
+        let r = self
+            .uow
+            .read_scan(&owner, &collection, &prefix, limit)
+            .await;
         let docs = r.inspect_err(|e| refused(self, "read-scan", e))?;
         Ok(docs.into_iter().map(|(k, d)| to_wit(k, d)).collect())
     }

@@ -67,7 +67,11 @@ async fn consume(dispatcher: Arc<Dispatcher>, name: String, shutdown: Cancellati
             }
         };
         let entries = match store.cursor(&consumer).await {
-            Ok(position) => store.read_log(position, &module.consumed_topics(), BATCH).await,
+            Ok(position) => {
+                store
+                    .read_log(position, &module.consumed_topics(), BATCH)
+                    .await
+            }
             Err(e) => Err(e),
         };
         let entries = match entries {

@@ -42,12 +42,20 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, message: message.into() }
+        Self {
+            status,
+            kind,
+            message: message.into(),
+        }
     }
 
     fn internal(context: &str, e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "{context}");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{context}; try again"))
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{context}; try again"),
+        )
     }
 }
 
@@ -109,13 +117,22 @@ async fn post_topic(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed-envelope", "body is not UTF-8"))?;
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-envelope",
+            "body is not UTF-8",
+        )
+    })?;
     let mut message_headers = BTreeMap::new();
     for (name, value) in &headers {
         if let Some(h) = name.as_str().strip_prefix("x-header-") {
             let value = value.to_str().map_err(|_| {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed-envelope", format!("header {name} is not text"))
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-envelope",
+                    format!("header {name} is not text"),
+                )
             })?;
             message_headers.insert(h.to_string(), value.to_string());
         }
@@ -123,7 +140,13 @@ async fn post_topic(
     let id = match headers.get("x-message-id") {
         Some(v) => v
             .to_str()
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "malformed-envelope", "X-Message-Id is not text"))?
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed-envelope",
+                    "X-Message-Id is not text",
+                )
+            })?
             .to_string(),
         None => envelope::new_id(),
     };
@@ -133,7 +156,11 @@ async fn post_topic(
 }
 
 /// Routes a command to its owner and answers as SPEC §5 says.
-async fn submit(state: &ApiState, mut envelope: Envelope, wait: bool) -> Result<Response, ApiError> {
+async fn submit(
+    state: &ApiState,
+    mut envelope: Envelope,
+    wait: bool,
+) -> Result<Response, ApiError> {
     let routes = state.dispatcher.registry.routes();
     let Some(module) = routes.commands.get(&envelope.topic).cloned() else {
         return Err(ApiError::new(
@@ -157,24 +184,31 @@ async fn submit(state: &ApiState, mut envelope: Envelope, wait: bool) -> Result<
         state.dispatcher.log_appended.notify_waiters();
         return Ok((StatusCode::ACCEPTED, Json(json!({"id": envelope.id}))).into_response());
     }
-    answer(&envelope.id, state.dispatcher.deliver(&module, &envelope).await)
+    answer(
+        &envelope.id,
+        state.dispatcher.deliver(&module, &envelope).await,
+    )
 }
 
 fn answer(id: &str, outcome: Outcome) -> Result<Response, ApiError> {
     match outcome {
-        Outcome::Processed(a) => {
-            Ok(Json(json!({"id": id, "status": "processed", "output": a.output, "events": a.events})).into_response())
-        }
-        Outcome::Duplicate(a) => {
-            Ok(Json(json!({"id": id, "status": "duplicate", "output": a.output, "events": a.events})).into_response())
-        }
+        Outcome::Processed(a) => Ok(Json(
+            json!({"id": id, "status": "processed", "output": a.output, "events": a.events}),
+        )
+        .into_response()),
+        Outcome::Duplicate(a) => Ok(Json(
+            json!({"id": id, "status": "duplicate", "output": a.output, "events": a.events}),
+        )
+        .into_response()),
         Outcome::Failed(f) => {
             let status = match f.kind {
                 FailureKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
                 FailureKind::Rejected => StatusCode::CONFLICT,
                 FailureKind::Trap => StatusCode::INTERNAL_SERVER_ERROR,
                 FailureKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                FailureKind::Transient | FailureKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                FailureKind::Transient | FailureKind::Unavailable => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
             };
             Err(ApiError::new(status, f.kind.as_str(), f.message))
         }
@@ -202,11 +236,26 @@ fn module_json(m: &LoadedModule, last_error: Option<&str>) -> serde_json::Value 
 
 async fn list_modules(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
     let routes = state.dispatcher.registry.routes();
-    let problem_of = |name: &str| routes.problems.iter().find(|p| p.module == name).map(|p| p.message.as_str());
-    let mut modules: Vec<serde_json::Value> =
-        routes.modules.values().map(|m| module_json(m, problem_of(&m.name))).collect();
-    for p in routes.problems.iter().filter(|p| !routes.modules.contains_key(&p.module)) {
-        modules.push(json!({"name": p.module, "status": "failed", "file": p.file, "last_error": p.message}));
+    let problem_of = |name: &str| {
+        routes
+            .problems
+            .iter()
+            .find(|p| p.module == name)
+            .map(|p| p.message.as_str())
+    };
+    let mut modules: Vec<serde_json::Value> = routes
+        .modules
+        .values()
+        .map(|m| module_json(m, problem_of(&m.name)))
+        .collect();
+    for p in routes
+        .problems
+        .iter()
+        .filter(|p| !routes.modules.contains_key(&p.module))
+    {
+        modules.push(
+            json!({"name": p.module, "status": "failed", "file": p.file, "last_error": p.message}),
+        );
     }
     Json(json!({"modules": modules}))
 }
@@ -216,7 +265,11 @@ async fn ready(State(state): State<Arc<ApiState>>) -> Response {
         Ok(()) => Json(json!({"ready": true, "database": "ok"})).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"ready": false, "database": "unreachable"}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"ready": false, "database": "unreachable"})),
+            )
+                .into_response()
         }
     }
 }
@@ -225,15 +278,32 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let routes = state.dispatcher.registry.routes();
     let mut out = String::new();
     let families = [
-        ("switchyard_messages_handled_total", "Messages whose unit of work committed.", true),
-        ("switchyard_messages_failed_total", "Messages whose handling ended in a failure.", false),
+        (
+            "switchyard_messages_handled_total",
+            "Messages whose unit of work committed.",
+            true,
+        ),
+        (
+            "switchyard_messages_failed_total",
+            "Messages whose handling ended in a failure.",
+            false,
+        ),
     ];
     for (name, help, handled) in families {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for m in routes.modules.values() {
             let stats = &m.stats;
-            let value = if handled { &stats.handled } else { &stats.failed };
-            let _ = writeln!(out, "{name}{{module=\"{}\"}} {}", m.name, value.load(std::sync::atomic::Ordering::Relaxed));
+            let value = if handled {
+                &stats.handled
+            } else {
+                &stats.failed
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{module=\"{}\"}} {}",
+                m.name,
+                value.load(std::sync::atomic::Ordering::Relaxed)
+            );
         }
     }
     let _ = writeln!(
@@ -265,14 +335,25 @@ fn check_admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
     if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong admin bearer token"))
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong admin bearer token",
+        ))
     }
 }
 
-async fn reload(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+async fn reload(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
     let summary = state.reloader.reload().await.map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-manifest", e.to_string())
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-manifest",
+            e.to_string(),
+        )
     })?;
     Ok(Json(summary).into_response())
 }
@@ -310,15 +391,41 @@ async fn replay_dead_letter(
         .dead_letter(&id)
         .await
         .map_err(|e| ApiError::internal("could not read the dead letter", e))?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("no dead letter '{id}'")))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no dead letter '{id}'"),
+            )
+        })?;
     let envelope = Envelope::from_json(letter.envelope.to_string().as_bytes(), envelope::new_id)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "malformed-envelope", e.to_string()))?;
-    let module = state.dispatcher.registry.routes().modules.get(&letter.module).cloned().ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "no-route", format!("module '{}' is not loaded", letter.module))
-    })?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "malformed-envelope",
+                e.to_string(),
+            )
+        })?;
+    let module = state
+        .dispatcher
+        .registry
+        .routes()
+        .modules
+        .get(&letter.module)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no-route",
+                format!("module '{}' is not loaded", letter.module),
+            )
+        })?;
     let outcome = state.dispatcher.deliver(&module, &envelope).await;
     if matches!(outcome, Outcome::Processed(_) | Outcome::Duplicate(_)) {
-        store.mark_replayed(&id).await.map_err(|e| ApiError::internal("could not mark the replay", e))?;
+        store
+            .mark_replayed(&id)
+            .await
+            .map_err(|e| ApiError::internal("could not mark the replay", e))?;
     }
     answer(&envelope.id, outcome)
 }

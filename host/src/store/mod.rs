@@ -20,8 +20,17 @@ pub struct Document {
 /// handler saw (0 = absent); the commit fails if the document moved on.
 #[derive(Debug, Clone)]
 pub enum Write {
-    Put { collection: String, key: String, value: String, base_version: u64 },
-    Delete { collection: String, key: String, base_version: u64 },
+    Put {
+        collection: String,
+        key: String,
+        value: String,
+        base_version: u64,
+    },
+    Delete {
+        collection: String,
+        key: String,
+        base_version: u64,
+    },
 }
 
 /// Everything one successfully handled message commits at once.
@@ -105,7 +114,12 @@ impl Store {
         delegate!(self, s => s.ping().await)
     }
 
-    pub async fn get(&self, module: &str, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
+    pub async fn get(
+        &self,
+        module: &str,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Document>, StoreError> {
         delegate!(self, s => s.get(module, collection, key).await)
     }
 
@@ -121,7 +135,11 @@ impl Store {
     }
 
     /// The stored answer if `module` already processed `message_id`.
-    pub async fn inbox_answer(&self, module: &str, message_id: &str) -> Result<Option<String>, StoreError> {
+    pub async fn inbox_answer(
+        &self,
+        module: &str,
+        message_id: &str,
+    ) -> Result<Option<String>, StoreError> {
         delegate!(self, s => s.inbox_answer(module, message_id).await)
     }
 
@@ -147,7 +165,12 @@ impl Store {
     }
 
     /// Log entries after `after` on any of `topics`, oldest first.
-    pub async fn read_log(&self, after: i64, topics: &[String], limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+    pub async fn read_log(
+        &self,
+        after: i64,
+        topics: &[String],
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
         delegate!(self, s => s.read_log(after, topics, limit).await)
     }
 
@@ -161,7 +184,11 @@ impl Store {
         delegate!(self, s => s.set_cursor(consumer, position).await)
     }
 
-    pub async fn dead_letters(&self, topic: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+    pub async fn dead_letters(
+        &self,
+        topic: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         delegate!(self, s => s.dead_letters(topic, limit).await)
     }
 

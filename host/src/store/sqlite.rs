@@ -36,7 +36,10 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("../migrations").run(&pool).await?;
-        Ok(Self { pool, write_lock: Arc::new(tokio::sync::Mutex::new(())) })
+        Ok(Self {
+            pool,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -44,13 +47,20 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn get(&self, module: &str, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
-        let row = sqlx::query("SELECT value, version FROM documents WHERE module = ? AND collection = ? AND key = ?")
-            .bind(module)
-            .bind(collection)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn get(
+        &self,
+        module: &str,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Document>, StoreError> {
+        let row = sqlx::query(
+            "SELECT value, version FROM documents WHERE module = ? AND collection = ? AND key = ?",
+        )
+        .bind(module)
+        .bind(collection)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| document(&r)).transpose()
     }
 
@@ -84,12 +94,17 @@ impl SqliteStore {
         Ok(out)
     }
 
-    pub async fn inbox_answer(&self, module: &str, message_id: &str) -> Result<Option<String>, StoreError> {
-        let answer = sqlx::query_scalar("SELECT answer FROM inbox WHERE module = ? AND message_id = ?")
-            .bind(module)
-            .bind(message_id)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn inbox_answer(
+        &self,
+        module: &str,
+        message_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let answer =
+            sqlx::query_scalar("SELECT answer FROM inbox WHERE module = ? AND message_id = ?")
+                .bind(module)
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(answer)
     }
 
@@ -150,9 +165,17 @@ impl SqliteStore {
             };
             if applied != 1 {
                 let (collection, key) = match write {
-                    Write::Put { collection, key, .. } | Write::Delete { collection, key, .. } => (collection, key),
+                    Write::Put {
+                        collection, key, ..
+                    }
+                    | Write::Delete {
+                        collection, key, ..
+                    } => (collection, key),
                 };
-                return Err(StoreError::Conflict { collection: collection.clone(), key: key.clone() });
+                return Err(StoreError::Conflict {
+                    collection: collection.clone(),
+                    key: key.clone(),
+                });
             }
         }
         for event in commit.events {
@@ -210,11 +233,17 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn read_log(&self, after: i64, topics: &[String], limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+    pub async fn read_log(
+        &self,
+        after: i64,
+        topics: &[String],
+        limit: u32,
+    ) -> Result<Vec<LogEntry>, StoreError> {
         if topics.is_empty() {
             return Ok(Vec::new());
         }
-        let topics = serde_json::to_string(topics).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let topics =
+            serde_json::to_string(topics).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let rows = sqlx::query(
             "SELECT seq, id, topic, subtopic, headers, body FROM outbox
              WHERE seq > ? AND topic IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?",
@@ -230,9 +259,18 @@ impl SqliteStore {
                 let body: String = row.try_get("body")?;
                 let headers = serde_json::from_str(&headers)
                     .map_err(|e| StoreError::Corrupt(format!("outbox headers: {e}")))?;
-                let envelope = Envelope::new(row.try_get("id")?, row.try_get("topic")?, row.try_get("subtopic")?, headers, &body)
-                    .map_err(|e| StoreError::Corrupt(format!("outbox entry: {e}")))?;
-                Ok(LogEntry { seq: row.try_get("seq")?, envelope })
+                let envelope = Envelope::new(
+                    row.try_get("id")?,
+                    row.try_get("topic")?,
+                    row.try_get("subtopic")?,
+                    headers,
+                    &body,
+                )
+                .map_err(|e| StoreError::Corrupt(format!("outbox entry: {e}")))?;
+                Ok(LogEntry {
+                    seq: row.try_get("seq")?,
+                    envelope,
+                })
             })
             .collect()
     }
@@ -266,7 +304,11 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub async fn dead_letters(&self, topic: Option<&str>, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+    pub async fn dead_letters(
+        &self,
+        topic: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
         let rows = sqlx::query(
             "SELECT * FROM dead_letters WHERE (?1 IS NULL OR topic = ?1) ORDER BY created_at DESC LIMIT ?2",
         )
@@ -278,7 +320,10 @@ impl SqliteStore {
     }
 
     pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
-        let row = sqlx::query("SELECT * FROM dead_letters WHERE id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query("SELECT * FROM dead_letters WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(dead_letter).transpose()
     }
 
@@ -299,7 +344,8 @@ async fn insert_log(
     source: &str,
     now: &str,
 ) -> Result<(), StoreError> {
-    let headers = serde_json::to_string(&envelope.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let headers =
+        serde_json::to_string(&envelope.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
         "INSERT INTO outbox (id, topic, subtopic, headers, body, source, created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
@@ -317,14 +363,16 @@ async fn insert_log(
 }
 
 fn version_param(version: u64) -> Result<i64, StoreError> {
-    i64::try_from(version).map_err(|_| StoreError::Corrupt(format!("version {version} out of range")))
+    i64::try_from(version)
+        .map_err(|_| StoreError::Corrupt(format!("version {version} out of range")))
 }
 
 fn document(row: &sqlx::sqlite::SqliteRow) -> Result<Document, StoreError> {
     let version: i64 = row.try_get("version")?;
     Ok(Document {
         value: row.try_get("value")?,
-        version: u64::try_from(version).map_err(|_| StoreError::Corrupt(format!("negative version {version}")))?,
+        version: u64::try_from(version)
+            .map_err(|_| StoreError::Corrupt(format!("negative version {version}")))?,
     })
 }
 
@@ -337,7 +385,8 @@ fn dead_letter(row: &sqlx::sqlite::SqliteRow) -> Result<DeadLetter, StoreError> 
         message_id: row.try_get("message_id")?,
         topic: row.try_get("topic")?,
         subtopic: row.try_get("subtopic")?,
-        envelope: serde_json::from_str(&envelope).map_err(|e| StoreError::Corrupt(format!("dead letter: {e}")))?,
+        envelope: serde_json::from_str(&envelope)
+            .map_err(|e| StoreError::Corrupt(format!("dead letter: {e}")))?,
         error_kind: row.try_get("error_kind")?,
         error_message: row.try_get("error_message")?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),

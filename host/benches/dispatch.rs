@@ -1,0 +1,213 @@
+//! `cargo bench --bench dispatch`: messages/s through `handle` for
+//! `inventory/restock` (one read, one write, one event) with a fresh instance
+//! per message, committed to SQLite; beside it, in the same process and on
+//! the same store, the same logic as a native Rust function; and the bare
+//! instantiate + call cost without the store.
+//!
+//! Figures are medians of several rounds; ratios are what to compare across
+//! machines (this one is shared and noisy).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use switchyard::dispatch::{Dispatcher, Outcome};
+use switchyard::engine::Engine;
+use switchyard::envelope::{self, Envelope};
+use switchyard::manifest::Manifest;
+use switchyard::registry::{Grants, LoadedModule, Registry};
+use switchyard::store::{Commit, Store, Write};
+use switchyard::uow::UnitOfWork;
+
+const ROUNDS: usize = 5;
+const MESSAGES: usize = 2_000;
+const BARE_CALLS: usize = 5_000;
+const CONCURRENCY: usize = 32;
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run())
+}
+
+fn plugins_built() -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    switchyard::builder::ensure_wasm_target()?;
+    switchyard::builder::run_command(
+        "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p inventory",
+        &root,
+        "inventory",
+    )?;
+    Ok(root.join("plugins/target/wasm32-wasip2/release/inventory.wasm"))
+}
+
+async fn run() -> anyhow::Result<()> {
+    let wasm = plugins_built()?;
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("plugins"))?;
+    std::fs::copy(&wasm, dir.path().join("plugins/inventory.wasm"))?;
+    let manifest_text = "[modules.inventory]\nfile = \"inventory.wasm\"\nemits = [\"inventory.events\"]\n";
+    let manifest = Manifest::parse(&dir.path().join("plugins.toml"), manifest_text)?;
+
+    let store = Store::connect(&manifest.host.database).await?;
+    let engine = Arc::new(Engine::new()?);
+    let registry = Arc::new(Registry::default());
+    let routes = registry.load(&engine, &manifest, None).await;
+    anyhow::ensure!(routes.problems.is_empty(), "load problems: {:?}", routes.problems);
+    let module = routes.modules.get("inventory").cloned().context("inventory loaded")?;
+    registry.replace(routes);
+    let dispatcher = Arc::new(Dispatcher::new(engine.clone(), store.clone(), registry));
+
+    println!("dispatch benchmark: inventory/restock, {MESSAGES} messages per round, median of {ROUNDS} rounds");
+    let bare = median(ROUNDS, || bare_call(&engine, &module)).await;
+    println!(
+        "  bare instantiate + handle (no store call):   {:>8.1} us/msg  {:>9.0} msgs/s",
+        bare.as_secs_f64() * 1e6,
+        1.0 / bare.as_secs_f64()
+    );
+
+    let mut round = 0usize;
+    for (label, concurrency) in [("1 in flight", 1), ("32 in flight", CONCURRENCY)] {
+        let wasm_per = median(ROUNDS, || {
+            round += 1;
+            wasm_round(dispatcher.clone(), module.clone(), round, concurrency)
+        })
+        .await;
+        let native_per = median(ROUNDS, || {
+            round += 1;
+            native_round(store.clone(), round, concurrency)
+        })
+        .await;
+        println!("  {label}:");
+        println!(
+            "    wasm module, fresh instance, SQLite commit: {:>8.1} us/msg  {:>9.0} msgs/s",
+            wasm_per.as_secs_f64() * 1e6,
+            1.0 / wasm_per.as_secs_f64()
+        );
+        println!(
+            "    native function, same store and rows:       {:>8.1} us/msg  {:>9.0} msgs/s",
+            native_per.as_secs_f64() * 1e6,
+            1.0 / native_per.as_secs_f64()
+        );
+        println!(
+            "    ratio wasm/native throughput:              {:>8.2}",
+            native_per.as_secs_f64() / wasm_per.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Median per-message time over `rounds` runs of `round` (each returns per-message time).
+async fn median<F, Fut>(rounds: usize, mut round: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        times.push(round().await);
+    }
+    times.sort();
+    times[rounds / 2]
+}
+
+/// Fresh store + instance + `handle` of a message the module refuses at once
+/// (unknown subtopic): the sandbox cost without any repository call.
+async fn bare_call(engine: &Engine, module: &LoadedModule) -> Duration {
+    let message = switchyard::engine::bindings::switchyard::module::types::Envelope {
+        id: "bench".into(),
+        topic: "inventory".into(),
+        subtopic: "nothing".into(),
+        headers: Vec::new(),
+        body: "{}".into(),
+    };
+    let grants = Arc::new(Grants { name: "inventory".into(), ..Grants::default() });
+    let start = Instant::now();
+    for _ in 0..BARE_CALLS {
+        let mut store = engine.new_store(UnitOfWork::detached(grants.clone()), 64, Duration::from_secs(2));
+        let guest = module.pre.instantiate_async(&mut store).await.expect("instantiate");
+        let answer = guest.call_handle(&mut store, &message).await.expect("call");
+        assert!(answer.is_err());
+    }
+    start.elapsed() / BARE_CALLS as u32
+}
+
+fn restock(round: usize, i: usize) -> Envelope {
+    let body = format!(r#"{{"sku":"sku-{round}-{i}","qty":3}}"#);
+    Envelope::new(envelope::new_id(), "inventory".into(), "restock".into(), BTreeMap::new(), &body)
+        .expect("valid envelope")
+}
+
+async fn wasm_round(dispatcher: Arc<Dispatcher>, module: Arc<LoadedModule>, round: usize, concurrency: usize) -> Duration {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (dispatcher, module) = (dispatcher.clone(), module.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..MESSAGES).step_by(concurrency) {
+                let outcome = dispatcher.deliver(&module, &restock(round, i)).await;
+                assert!(matches!(outcome, Outcome::Processed(_)), "{outcome:?}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    start.elapsed() / MESSAGES as u32
+}
+
+/// The same work as the module plus the dispatcher, written natively: inbox
+/// check, read the stock, add, write with the read version, one event, one
+/// commit of document + event + inbox row.
+async fn native_restock(store: &Store, envelope: &Envelope) {
+    #[derive(serde::Deserialize)]
+    struct Restock {
+        sku: String,
+        qty: u64,
+    }
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Stock {
+        sku: String,
+        available: u64,
+    }
+    assert!(store.inbox_answer("native", &envelope.id).await.expect("inbox").is_none());
+    let cmd: Restock = serde_json::from_str(envelope.body_text()).expect("body");
+    let current = store.get("native", "stock", &cmd.sku).await.expect("get");
+    let (available, version) = match current {
+        Some(d) => (serde_json::from_str::<Stock>(&d.value).expect("stock").available, d.version),
+        None => (0, 0),
+    };
+    let stock = Stock { sku: cmd.sku.clone(), available: available + cmd.qty };
+    let value = serde_json::to_string(&stock).expect("json");
+    let mut headers = BTreeMap::new();
+    headers.insert("correlation-id".to_string(), envelope.id.clone());
+    headers.insert("causation-id".to_string(), envelope.id.clone());
+    headers.insert("timestamp".to_string(), envelope::now_rfc3339());
+    headers.insert("partition-key".to_string(), cmd.sku.clone());
+    let body = format!(r#"{{"sku":"{}","qty":{},"available":{}}}"#, cmd.sku, cmd.qty, stock.available);
+    let event = Envelope::new(envelope::new_id(), "inventory.events".into(), "restocked".into(), headers, &body)
+        .expect("event");
+    let answer = format!(r#"{{"output":{value},"events":[{}]}}"#, event.to_json());
+    let writes = [Write::Put { collection: "stock".into(), key: cmd.sku, value, base_version: version }];
+    let events = [event];
+    let commit = Commit { module: "native", message_id: &envelope.id, answer: &answer, writes: &writes, events: &events };
+    store.commit(&commit).await.expect("commit");
+}
+
+async fn native_round(store: Store, round: usize, concurrency: usize) -> Duration {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (worker..MESSAGES).step_by(concurrency) {
+                native_restock(&store, &restock(round, i)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    start.elapsed() / MESSAGES as u32
+}

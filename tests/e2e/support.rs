@@ -1,0 +1,224 @@
+//! Test harness: real components built from `plugins/`, a real SQLite file in
+//! a temporary folder, a real host on an ephemeral port.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard::manifest::Manifest;
+use switchyard::server::Host;
+
+pub const ADMIN_TOKEN_ENV: &str = "SWITCHYARD_TEST_ADMIN_TOKEN";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Builds every module crate of `plugins/` once per test run (the same
+/// command a user's manifest would run) and returns the path of `name`.
+pub fn wasm(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = repo_root();
+        switchyard::builder::ensure_wasm_target().map_err(|e| e.to_string())?;
+        switchyard::builder::run_command(
+            "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --workspace",
+            &root,
+            "test fixtures",
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(root.join("plugins/target/wasm32-wasip2/release"))
+    });
+    match dir {
+        Ok(dir) => dir.join(format!("{name}.wasm")),
+        Err(e) => panic!("building the plugins failed: {e}"),
+    }
+}
+
+/// The example modules' manifest entries (as in the repository's plugins.toml).
+pub const EXAMPLES: &str = r#"
+[modules.inventory]
+file = "inventory.wasm"
+topics = ["inventory"]
+subscribes = ["orders.events"]
+emits = ["inventory.events"]
+backoff-ms = 5
+
+[modules.orders]
+file = "orders.wasm"
+topics = ["orders"]
+subscribes = ["inventory.events"]
+emits = ["orders.events"]
+reads = ["inventory"]
+backoff-ms = 5
+[modules.orders.config]
+currency = "EUR"
+"#;
+
+pub const FAULTY: &str = r#"
+[modules.faulty]
+file = "faulty.wasm"
+max-attempts = 3
+backoff-ms = 1
+"#;
+
+/// A temporary project folder: plugins.toml, plugins/, the SQLite file.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    /// `modules`: crate names whose components go into plugins/; `entries`:
+    /// the `[modules.*]` part of the manifest.
+    pub fn new(modules: &[&str], entries: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("plugins")).expect("plugins dir");
+        for m in modules {
+            std::fs::copy(
+                wasm(m),
+                dir.path().join("plugins").join(format!("{m}.wasm")),
+            )
+            .expect("copy component");
+        }
+        let manifest = format!(
+            "[host]\nlisten = \"127.0.0.1:0\"\ndatabase = \"sqlite://switchyard.db\"\nadmin-token-env = \"{ADMIN_TOKEN_ENV}\"\n{entries}"
+        );
+        std::fs::write(dir.path().join("plugins.toml"), manifest).expect("write manifest");
+        Self { dir }
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("plugins.toml")
+    }
+
+    pub fn db_url(&self) -> String {
+        format!(
+            "sqlite://{}",
+            self.dir.path().join("switchyard.db").display()
+        )
+    }
+
+    pub async fn start(&self) -> TestHost {
+        admin_token_env();
+        let manifest = Manifest::load(&self.manifest_path()).expect("manifest");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let host = switchyard::server::start(manifest, listener)
+            .await
+            .expect("host starts");
+        TestHost {
+            base: format!("http://{}", host.addr()),
+            host: Some(host),
+            client: reqwest::Client::new(),
+        }
+    }
+}
+
+fn admin_token_env() {
+    static SET: OnceLock<()> = OnceLock::new();
+    SET.get_or_init(|| {
+        assert_eq!(
+            std::env::var(ADMIN_TOKEN_ENV).ok().as_deref(),
+            Some(ADMIN_TOKEN),
+            "the e2e tests expect {ADMIN_TOKEN_ENV}={ADMIN_TOKEN} (set by .cargo/config.toml [env])"
+        );
+    });
+}
+
+pub struct TestHost {
+    pub base: String,
+    pub host: Option<Host>,
+    pub client: reqwest::Client,
+}
+
+impl TestHost {
+    /// POSTs a raw body to `path`; returns status and JSON (or the text as a JSON string).
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        decode(response).await
+    }
+
+    pub async fn send(&self, envelope: Value) -> (u16, Value) {
+        self.post_raw("/v1/messages", envelope.to_string()).await
+    }
+
+    /// Sends a command with a fresh id.
+    pub async fn command(&self, topic: &str, subtopic: &str, body: Value) -> (u16, Value) {
+        self.send(json!({"topic": topic, "subtopic": subtopic, "body": body}))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        decode(response).await
+    }
+
+    pub async fn admin(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("request");
+        decode(response).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(host) = self.host.take() {
+            host.stop().await;
+        }
+    }
+}
+
+async fn decode(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Rows of the host's database, read directly (what an operator would see).
+pub async fn query_count(db_url: &str, sql: &str) -> i64 {
+    let pool = sqlx::SqlitePool::connect(db_url).await.expect("open db");
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&pool)
+        .await
+        .expect("query");
+    pool.close().await;
+    n
+}
