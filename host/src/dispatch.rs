@@ -23,6 +23,8 @@ use crate::uow::{MessageMeta, UnitOfWork};
 pub const MAX_CONFLICT_RETRIES: u32 = 200;
 /// Messages with the same partition key share one of this many locks.
 const PARTITION_STRIPES: usize = 1024;
+/// Header handed to the module (not stored): the attempt number, from 1.
+pub const ATTEMPT: &str = "attempt";
 /// Longest delay between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -126,6 +128,17 @@ impl Dispatcher {
     /// Handles `envelope` with `module`, retrying as the failure policy says,
     /// and records failures (failure event, dead letter) before returning.
     pub async fn deliver(&self, module: &Arc<LoadedModule>, envelope: &Envelope) -> Outcome {
+        self.deliver_from(module, envelope, 1).await
+    }
+
+    /// [`Dispatcher::deliver`] for a message already delivered `delivery - 1`
+    /// times before (e.g. reclaimed from a dead consumer): those attempts count.
+    pub async fn deliver_from(
+        &self,
+        module: &Arc<LoadedModule>,
+        envelope: &Envelope,
+        delivery: u32,
+    ) -> Outcome {
         let _ordered = match envelope.header(PARTITION_KEY) {
             Some(key) => Some(self.partition_lock(&module.name, key).lock().await),
             None => None,
@@ -138,7 +151,7 @@ impl Dispatcher {
             id = %envelope.id,
             correlation_id = %envelope.correlation_id(),
         );
-        self.deliver_with_retries(module, envelope)
+        self.deliver_with_retries(module, envelope, delivery)
             .instrument(span)
             .await
     }
@@ -147,12 +160,13 @@ impl Dispatcher {
         &self,
         module: &Arc<LoadedModule>,
         envelope: &Envelope,
+        delivery: u32,
     ) -> Outcome {
-        let mut attempts = 0u32;
+        let mut attempts = delivery.max(1) - 1;
         let mut conflicts = 0u32;
         loop {
             attempts += 1;
-            let (kind, message) = match self.attempt(module, envelope).await {
+            let (kind, message) = match self.attempt(module, envelope, attempts).await {
                 Attempt::Committed(answer) => {
                     count(&module.stats, true);
                     return Outcome::Processed(answer);
@@ -207,7 +221,7 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, module: &LoadedModule, envelope: &Envelope) -> Attempt {
+    async fn attempt(&self, module: &LoadedModule, envelope: &Envelope, attempt: u32) -> Attempt {
         match self.store.inbox_answer(&module.name, &envelope.id).await {
             Ok(Some(answer)) => return decode_answer(&answer),
             Ok(None) => {}
@@ -228,10 +242,12 @@ impl Dispatcher {
             id: envelope.id.clone(),
             topic: envelope.topic.clone(),
             subtopic: envelope.subtopic.clone(),
+            // The module may look at which attempt this is (e.g. to log it).
             headers: envelope
                 .headers
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(std::iter::once((ATTEMPT.to_string(), attempt.to_string())))
                 .collect(),
             body: envelope.body_text().to_string(),
         };

@@ -3,7 +3,8 @@
 //!
 //! The flow of one message, file by file:
 //!
-//! - [`ingress`]: HTTP and the embedded log turn input into envelopes;
+//! - [`ingress`]: HTTP, Redis Streams and the embedded log turn input into envelopes;
+//! - [`relay`]: committed outbox events -> their topics' streams;
 //! - [`envelope`]: the message format and its validation;
 //! - [`registry`]: loaded modules and the topic -> module routes;
 //! - [`dispatch`]: one message through one module: fresh instance, `handle`,
@@ -24,6 +25,7 @@ pub mod envelope;
 pub mod ingress;
 pub mod manifest;
 pub mod registry;
+pub mod relay;
 pub mod server;
 pub mod store;
 pub mod uow;

@@ -69,12 +69,46 @@ pub struct HostSettings {
     pub max_body_bytes: usize,
 }
 
+/// `[redis]`: Redis Streams as ingress and event transport.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RedisSettings {
     pub url: String,
+    /// Consumer groups are `<group>.<module>`.
     #[serde(default = "default_group")]
     pub group: String,
+    /// Prepended to every stream key (the stream of topic `T` is `<prefix>T`);
+    /// lets several deployments or tests share one Redis.
+    #[serde(default)]
+    pub prefix: String,
+    /// How long one XREADGROUP waits for new entries.
+    #[serde(default = "default_block_ms")]
+    pub block_ms: u64,
+    /// Entries read per XREADGROUP.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Pending entries idle this long on another consumer are taken over.
+    #[serde(default = "default_claim_idle_ms")]
+    pub claim_idle_ms: u64,
+    /// Approximate MAXLEN for streams the host appends to; unbounded when absent.
+    #[serde(default)]
+    pub maxlen: Option<u64>,
+    /// Messages of one module handled at once (different partition keys).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_block_ms() -> u64 {
+    1_000
+}
+fn default_batch() -> usize {
+    100
+}
+fn default_claim_idle_ms() -> u64 {
+    30_000
+}
+fn default_concurrency() -> usize {
+    16
 }
 
 #[derive(Debug, Clone, Deserialize)]

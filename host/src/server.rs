@@ -14,9 +14,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Dispatcher;
 use crate::engine::Engine;
+use crate::ingress::redis::{self as redis_ingress, RedisBus};
 use crate::ingress::{embedded, http};
 use crate::manifest::{Manifest, ManifestError};
 use crate::registry::{LoadProblem, Registry};
+use crate::relay;
 use crate::store::Store;
 
 /// Re-reads the manifest and the plugins folder and swaps the routes.
@@ -87,16 +89,24 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
     let registry = Arc::new(Registry::default());
     let routes = registry.load(&engine, &manifest, None).await;
     registry.replace(routes);
-    if manifest.redis.is_some() || manifest.kafka.is_some() {
-        tracing::warn!(
-            "[redis] / [kafka] are not wired in this build; events travel through the embedded log"
-        );
+    if manifest.kafka.is_some() {
+        tracing::warn!("[kafka] is not wired in this build");
     }
+    let redis = match &manifest.redis {
+        Some(settings) => Some(RedisBus::new(settings.clone()).context("configuring [redis]")?),
+        None => None,
+    };
 
-    let dispatcher = Arc::new(Dispatcher::new(engine.clone(), store, registry.clone()));
-    embedded::init_cursors(&dispatcher)
-        .await
-        .context("preparing the embedded log")?;
+    let dispatcher = Arc::new(Dispatcher::new(
+        engine.clone(),
+        store.clone(),
+        registry.clone(),
+    ));
+    if redis.is_none() {
+        embedded::init_cursors(&dispatcher)
+            .await
+            .context("preparing the embedded log")?;
+    }
 
     let admin_token = manifest
         .host
@@ -117,16 +127,32 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         dispatcher: dispatcher.clone(),
         reloader,
         admin_token,
+        redis: redis.clone(),
     });
     let app = http::router(state, manifest.host.max_body_bytes);
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(embedded::run(
-        dispatcher.clone(),
-        shutdown.clone(),
-        tracker.clone(),
-    ));
+    match redis {
+        // With a broker, events travel through its streams, not in-process.
+        Some(bus) => {
+            let appended = dispatcher.log_appended.clone();
+            tracker.spawn(relay::run(store, bus.clone(), appended, shutdown.clone()));
+            tracker.spawn(redis_ingress::run(
+                bus,
+                dispatcher.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        None => {
+            tracker.spawn(embedded::run(
+                dispatcher.clone(),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+    }
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;

@@ -16,7 +16,8 @@ async fn two_hundred_concurrent_restocks_of_one_sku_sum_exactly() {
         let client = host.client.clone();
         let url = format!("{}/v1/messages", host.base);
         tasks.push(tokio::spawn(async move {
-            let envelope = json!({"topic": "inventory", "subtopic": "restock", "body": {"sku": "plum", "qty": qty}});
+            let envelope =
+                json!({"topic": "inventory", "subtopic": "restock", "body": {"sku": "plum", "qty": qty}});
             let response = client.post(url).body(envelope.to_string()).send().await.unwrap();
             let status = response.status().as_u16();
             (status, response.text().await.unwrap())

@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::dispatch::{Dispatcher, FailureKind, Outcome};
 use crate::envelope::{self, Envelope};
+use crate::ingress::redis::RedisBus;
 use crate::registry::LoadedModule;
 use crate::server::Reloader;
 
@@ -29,6 +30,8 @@ pub struct ApiState {
     pub reloader: Arc<Reloader>,
     /// `None` turns the admin endpoints off (never open).
     pub admin_token: Option<String>,
+    /// With Redis configured, `wait=false` appends to the topic's stream.
+    pub redis: Option<Arc<RedisBus>>,
 }
 
 /// An error answer: `{"error":{"kind","message"}}`. Internal details are
@@ -175,13 +178,22 @@ async fn submit(
         .entry(envelope::CORRELATION_ID.to_string())
         .or_insert_with(|| envelope.id.clone());
     if !wait {
-        state
-            .dispatcher
-            .store
-            .append(std::slice::from_ref(&envelope), "http")
-            .await
-            .map_err(|e| ApiError::internal("could not append the message", e))?;
-        state.dispatcher.log_appended.notify_waiters();
+        let one = std::slice::from_ref(&envelope);
+        match &state.redis {
+            Some(bus) => bus
+                .append(one)
+                .await
+                .map_err(|e| ApiError::internal("could not append to Redis", e))?,
+            None => {
+                state
+                    .dispatcher
+                    .store
+                    .append(one, "http")
+                    .await
+                    .map_err(|e| ApiError::internal("could not append the message", e))?;
+                state.dispatcher.log_appended.notify_waiters();
+            }
+        }
         return Ok((StatusCode::ACCEPTED, Json(json!({"id": envelope.id}))).into_response());
     }
     answer(
@@ -261,17 +273,30 @@ async fn list_modules(State(state): State<Arc<ApiState>>) -> Json<serde_json::Va
 }
 
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {
-    match state.dispatcher.store.ping().await {
-        Ok(()) => Json(json!({"ready": true, "database": "ok"})).into_response(),
+    let database = match state.dispatcher.store.ping().await {
+        Ok(()) => true,
         Err(e) => {
             tracing::warn!(error = %e, "readiness: database unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"ready": false, "database": "unreachable"})),
-            )
-                .into_response()
+            false
         }
+    };
+    let mut body = json!({"database": if database { "ok" } else { "unreachable" }});
+    let mut ready = database;
+    if let Some(bus) = &state.redis {
+        let up = bus.ping().await;
+        if !up {
+            tracing::warn!("readiness: redis unreachable");
+        }
+        body["redis"] = json!(if up { "ok" } else { "unreachable" });
+        ready &= up;
     }
+    body["ready"] = json!(ready);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {

@@ -3,3 +3,4 @@
 
 pub mod embedded;
 pub mod http;
+pub mod redis;

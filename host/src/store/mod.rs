@@ -184,6 +184,16 @@ impl Store {
         delegate!(self, s => s.set_cursor(consumer, position).await)
     }
 
+    /// Outbox entries not yet handed to the broker, oldest first.
+    pub async fn unpublished(&self, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+        delegate!(self, s => s.unpublished(limit).await)
+    }
+
+    /// Marks outbox entries as handed to the broker.
+    pub async fn mark_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        delegate!(self, s => s.mark_published(seqs).await)
+    }
+
     pub async fn dead_letters(
         &self,
         topic: Option<&str>,

@@ -253,26 +253,34 @@ impl SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let headers: String = row.try_get("headers")?;
-                let body: String = row.try_get("body")?;
-                let headers = serde_json::from_str(&headers)
-                    .map_err(|e| StoreError::Corrupt(format!("outbox headers: {e}")))?;
-                let envelope = Envelope::new(
-                    row.try_get("id")?,
-                    row.try_get("topic")?,
-                    row.try_get("subtopic")?,
-                    headers,
-                    &body,
-                )
-                .map_err(|e| StoreError::Corrupt(format!("outbox entry: {e}")))?;
-                Ok(LogEntry {
-                    seq: row.try_get("seq")?,
-                    envelope,
-                })
-            })
-            .collect()
+        rows.iter().map(log_entry).collect()
+    }
+
+    pub async fn unpublished(&self, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, id, topic, subtopic, headers, body FROM outbox
+             WHERE published_at IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(log_entry).collect()
+    }
+
+    pub async fn mark_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let seqs = serde_json::to_string(seqs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let _writer = self.write_lock.lock().await;
+        sqlx::query(
+            "UPDATE outbox SET published_at = ? WHERE seq IN (SELECT value FROM json_each(?))",
+        )
+        .bind(now_rfc3339())
+        .bind(seqs)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn cursor(&self, consumer: &str) -> Result<i64, StoreError> {
@@ -360,6 +368,25 @@ async fn insert_log(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+fn log_entry(row: &sqlx::sqlite::SqliteRow) -> Result<LogEntry, StoreError> {
+    let headers: String = row.try_get("headers")?;
+    let body: String = row.try_get("body")?;
+    let headers = serde_json::from_str(&headers)
+        .map_err(|e| StoreError::Corrupt(format!("outbox headers: {e}")))?;
+    let envelope = Envelope::new(
+        row.try_get("id")?,
+        row.try_get("topic")?,
+        row.try_get("subtopic")?,
+        headers,
+        &body,
+    )
+    .map_err(|e| StoreError::Corrupt(format!("outbox entry: {e}")))?;
+    Ok(LogEntry {
+        seq: row.try_get("seq")?,
+        envelope,
+    })
 }
 
 fn version_param(version: u64) -> Result<i64, StoreError> {

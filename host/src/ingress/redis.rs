@@ -1,0 +1,685 @@
+//! Redis Streams (SPEC §6): the stream of topic `T` is the key `<prefix>T`;
+//! each module reads the streams it consumes with its own consumer group
+//! `<group>.<module>`, acks an entry only after its unit of work committed
+//! (or its failure was recorded), reclaims entries left pending by a dead
+//! consumer, and dead-letters to `T.dlq`. The relay (`crate::relay`) appends
+//! committed events with [`RedisBus::append`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::{AsyncConnectionConfig, Value};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dispatch::{Dispatcher, FailureKind, Outcome};
+use crate::envelope::{self, Envelope, PARTITION_KEY};
+use crate::manifest::RedisSettings;
+use crate::registry::LoadedModule;
+use crate::store::DeadLetter;
+
+/// Commands other than the blocking read give up after this long.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// First pause after Redis failed; doubled up to `MAX_RECONNECT`.
+const RECONNECT: Duration = Duration::from_millis(200);
+const MAX_RECONNECT: Duration = Duration::from_secs(5);
+/// How often new modules get a consumer.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The host's side of Redis: appends, acks, dead letters, health.
+pub struct RedisBus {
+    pub settings: RedisSettings,
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// Unique per host process, so a restarted host never mistakes a dead
+    /// process's pending entries for its own in-flight work.
+    consumer: String,
+}
+
+impl RedisBus {
+    /// Prepares the connection; it is made lazily, so the host starts (not
+    /// ready) while Redis is down.
+    pub fn new(settings: RedisSettings) -> Result<Arc<Self>, BusError> {
+        let client = redis::Client::open(settings.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_max_delay(MAX_RECONNECT);
+        let conn = client.get_connection_manager_lazy(config)?;
+        let consumer = format!("{}-{}", std::process::id(), &envelope::new_id()[24..]);
+        Ok(Arc::new(Self {
+            settings,
+            client,
+            conn,
+            consumer,
+        }))
+    }
+
+    /// The stream key of a topic.
+    pub fn key(&self, topic: &str) -> String {
+        format!("{}{topic}", self.settings.prefix)
+    }
+
+    fn group(&self, module: &str) -> String {
+        format!("{}.{module}", self.settings.group)
+    }
+
+    fn xadd(&self, key: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(key);
+        if let Some(maxlen) = self.settings.maxlen {
+            cmd.arg("MAXLEN").arg("~").arg(maxlen);
+        }
+        cmd.arg("*");
+        cmd
+    }
+
+    /// Appends envelopes to their topics' streams (one round trip); returns
+    /// once Redis has them all.
+    pub async fn append(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
+        let mut pipe = redis::pipe();
+        for e in envelopes {
+            let mut cmd = self.xadd(&self.key(&e.topic));
+            cmd.arg("envelope").arg(e.to_json());
+            pipe.add_command(cmd).ignore();
+        }
+        let mut conn = self.conn.clone();
+        let () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+    }
+
+    async fn ack(&self, key: &str, group: &str, id: &str) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("XACK")
+            .arg(key)
+            .arg(group)
+            .arg(id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a dead letter to `T.dlq`: the original fields plus why.
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        fields: &[(String, String)],
+        why: &[(&str, String)],
+    ) -> Result<(), BusError> {
+        let mut cmd = self.xadd(&self.key(&format!("{topic}.dlq")));
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        for (k, v) in why {
+            cmd.arg(format!("dlq-{k}")).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        let _: String = cmd.query_async(&mut conn).await?;
+        Ok(())
+    }
+}
+
+/// Starts a consumer per loaded module, and more as modules appear.
+pub async fn run(
+    bus: Arc<RedisBus>,
+    dispatcher: Arc<Dispatcher>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut started: HashSet<String> = HashSet::new();
+    loop {
+        for name in dispatcher.registry.routes().modules.keys() {
+            if started.insert(name.clone()) {
+                let consumer = Consumer::new(bus.clone(), dispatcher.clone(), name.clone());
+                tracker.spawn(consumer.run(shutdown.clone(), tracker.clone()));
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+        }
+    }
+}
+
+/// One entry read from a stream, as the consumer handles it.
+struct Entry {
+    key: String,
+    topic: String,
+    id: String,
+    /// Deliveries so far, this one included.
+    deliveries: u32,
+    fields: Vec<(String, String)>,
+}
+
+/// Entries being handled, refreshed regularly so no other consumer steals
+/// them however long the handler runs.
+type InFlight = Arc<Mutex<HashMap<String, HashSet<String>>>>;
+
+struct Consumer {
+    bus: Arc<RedisBus>,
+    dispatcher: Arc<Dispatcher>,
+    module: String,
+    group: String,
+    in_flight: InFlight,
+    limit: Arc<Semaphore>,
+}
+
+impl Consumer {
+    fn new(bus: Arc<RedisBus>, dispatcher: Arc<Dispatcher>, module: String) -> Self {
+        let group = bus.group(&module);
+        let limit = Arc::new(Semaphore::new(bus.settings.concurrency));
+        Self {
+            bus,
+            dispatcher,
+            module,
+            group,
+            in_flight: Arc::default(),
+            limit,
+        }
+    }
+
+    async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
+        let this = Arc::new(self);
+        tracker.spawn(this.clone().heartbeat(shutdown.clone()));
+        let mut delay = RECONNECT;
+        let mut conn: Option<MultiplexedConnection> = None;
+        let mut ready_keys: HashSet<String> = HashSet::new();
+        let mut last_claim = tokio::time::Instant::now() - Duration::from_secs(3600);
+        while !shutdown.is_cancelled() {
+            let Some(module) = this
+                .dispatcher
+                .registry
+                .routes()
+                .modules
+                .get(&this.module)
+                .cloned()
+            else {
+                // Removed for now: stop reading; its pending entries wait for it.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(SUPERVISE_EVERY) => continue,
+                }
+            };
+            let topics = module.consumed_topics();
+            let round = async {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => conn.insert(this.connect().await?),
+                };
+                for topic in &topics {
+                    let key = this.bus.key(topic);
+                    if !ready_keys.contains(&key) {
+                        this.create_group(c, &key).await?;
+                        ready_keys.insert(key);
+                    }
+                }
+                let claim_every = Duration::from_millis(this.bus.settings.claim_idle_ms / 2);
+                let entries = if last_claim.elapsed() >= claim_every {
+                    last_claim = tokio::time::Instant::now();
+                    this.reclaim(c, &topics).await?
+                } else {
+                    Vec::new()
+                };
+                let entries = if entries.is_empty() {
+                    this.read(c, &topics).await?
+                } else {
+                    entries
+                };
+                Ok::<_, BusError>(entries)
+            };
+            let entries = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = round => r,
+            };
+            match entries {
+                Ok(entries) => {
+                    delay = RECONNECT;
+                    if !entries.is_empty() {
+                        this.handle_batch(&module, entries).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(module = %this.module, error = %e, retry_in = ?delay, "redis consumer: cannot read; reconnecting");
+                    conn = None;
+                    ready_keys.clear();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(MAX_RECONNECT);
+                }
+            }
+        }
+    }
+
+    /// A connection of its own: XREADGROUP BLOCK would hold up a shared one.
+    async fn connect(&self) -> Result<MultiplexedConnection, BusError> {
+        let block = Duration::from_millis(self.bus.settings.block_ms);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(block + COMMAND_TIMEOUT));
+        Ok(self
+            .bus
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    async fn create_group(
+        &self,
+        conn: &mut MultiplexedConnection,
+        key: &str,
+    ) -> Result<(), BusError> {
+        // From the start of the stream: entries written before the module
+        // first loaded are not lost.
+        let created: Result<String, redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(key)
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        topics: &[String],
+    ) -> Result<Vec<Entry>, BusError> {
+        let settings = &self.bus.settings;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.bus.consumer)
+            .arg("COUNT")
+            .arg(settings.batch)
+            .arg("BLOCK")
+            .arg(settings.block_ms)
+            .arg("STREAMS");
+        for t in topics {
+            cmd.arg(self.bus.key(t));
+        }
+        for _ in topics {
+            cmd.arg(">");
+        }
+        let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
+        let mut entries = Vec::new();
+        for stream in reply.map(|r| r.keys).unwrap_or_default() {
+            let Some(topic) = self.topic_of(&stream.key, topics) else {
+                continue;
+            };
+            for id in stream.ids {
+                entries.push(entry(&stream.key, &topic, id, 1));
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Takes over entries idle on any consumer of the group (a dead host's,
+    /// or this host's own that failed because the store was down).
+    async fn reclaim(
+        &self,
+        conn: &mut MultiplexedConnection,
+        topics: &[String],
+    ) -> Result<Vec<Entry>, BusError> {
+        let mut entries = Vec::new();
+        for topic in topics {
+            let key = self.bus.key(topic);
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&key)
+                .arg(&self.group)
+                .arg(&self.bus.consumer)
+                .arg(self.bus.settings.claim_idle_ms)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(self.bus.settings.batch)
+                .query_async(conn)
+                .await?;
+            if reply.claimed.is_empty() {
+                continue;
+            }
+            // The delivery counts say how many attempts were already made.
+            let first = &reply.claimed[0].id;
+            let last = &reply.claimed[reply.claimed.len() - 1].id;
+            let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg(&key)
+                .arg(&self.group)
+                .arg(first)
+                .arg(last)
+                .arg(reply.claimed.len())
+                .arg(&self.bus.consumer)
+                .query_async(conn)
+                .await?;
+            let counts: HashMap<&str, usize> = pending
+                .ids
+                .iter()
+                .map(|p| (p.id.as_str(), p.times_delivered))
+                .collect();
+            tracing::info!(module = %self.module, stream = %key, count = reply.claimed.len(), "reclaimed pending entries");
+            for id in reply.claimed {
+                let deliveries = counts.get(id.id.as_str()).copied().unwrap_or(1);
+                entries.push(entry(
+                    &key,
+                    topic,
+                    id,
+                    u32::try_from(deliveries).unwrap_or(u32::MAX),
+                ));
+            }
+        }
+        Ok(entries)
+    }
+
+    fn topic_of(&self, key: &str, topics: &[String]) -> Option<String> {
+        topics.iter().find(|t| self.bus.key(t) == key).cloned()
+    }
+
+    /// Handles a batch: entries sharing a partition key one after another in
+    /// stream order, the rest concurrently (bounded); returns when all are done.
+    async fn handle_batch(self: &Arc<Self>, module: &Arc<LoadedModule>, entries: Vec<Entry>) {
+        {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &entries {
+                in_flight
+                    .entry(e.key.clone())
+                    .or_default()
+                    .insert(e.id.clone());
+            }
+        }
+        let mut chains: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+        let mut singles: Vec<Vec<Entry>> = Vec::new();
+        for e in entries {
+            match e
+                .fields
+                .iter()
+                .find(|(k, _)| k == PARTITION_KEY)
+                .map(|(_, v)| v.clone())
+                .or_else(|| {
+                    // The envelope form carries the key inside the JSON.
+                    e.fields
+                        .iter()
+                        .find(|(k, _)| k == "envelope")
+                        .and_then(|(_, v)| serde_json::from_str::<serde_json::Value>(v).ok())
+                        .and_then(|v| v["headers"][PARTITION_KEY].as_str().map(str::to_string))
+                }) {
+                Some(key) => chains.entry(key).or_default().push(e),
+                None => singles.push(vec![e]),
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for chain in chains.into_values().chain(singles) {
+            let (this, module) = (self.clone(), module.clone());
+            let Ok(permit) = self.limit.clone().acquire_owned().await else {
+                return;
+            };
+            tasks.spawn(async move {
+                let _permit = permit;
+                for e in chain {
+                    if !this.handle_entry(&module, e).await {
+                        // Left pending: later entries of this key wait too,
+                        // so the key's order holds when it is reclaimed.
+                        break;
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        in_flight.clear();
+    }
+
+    /// Handles one entry; returns false when it was left pending.
+    async fn handle_entry(&self, module: &Arc<LoadedModule>, e: Entry) -> bool {
+        let envelope = match parse_entry(&e) {
+            Ok(envelope) => envelope,
+            Err(reason) => {
+                tracing::warn!(module = %self.module, stream = %e.key, entry = %e.id, %reason, "not an envelope: dead-lettered");
+                let done = self.poison(module, &e, &reason).await;
+                return done && self.ack(&e).await;
+            }
+        };
+        match self
+            .dispatcher
+            .deliver_from(module, &envelope, e.deliveries)
+            .await
+        {
+            Outcome::Processed(_) | Outcome::Duplicate(_) => self.ack(&e).await,
+            Outcome::Failed(f) if f.kind == FailureKind::Unavailable => false,
+            Outcome::Failed(f) => {
+                if f.kind != FailureKind::Rejected {
+                    let why = [
+                        ("kind", f.kind.as_str().to_string()),
+                        ("error", f.message.clone()),
+                        ("attempts", f.attempts.to_string()),
+                        ("module", f.module.clone()),
+                        ("entry-id", e.id.clone()),
+                    ];
+                    if let Err(err) = self.bus.dead_letter(&e.topic, &e.fields, &why).await {
+                        tracing::warn!(module = %self.module, error = %err, "cannot write to the dlq stream; entry stays pending");
+                        return false;
+                    }
+                }
+                self.ack(&e).await
+            }
+        }
+    }
+
+    /// An entry that is not an envelope: `T.dlq` and the dead-letter table.
+    async fn poison(&self, module: &LoadedModule, e: &Entry, reason: &str) -> bool {
+        let why = [
+            ("kind", "malformed-envelope".to_string()),
+            ("error", reason.to_string()),
+            ("attempts", "1".to_string()),
+            ("module", module.name.clone()),
+            ("entry-id", e.id.clone()),
+        ];
+        if let Err(err) = self.bus.dead_letter(&e.topic, &e.fields, &why).await {
+            tracing::warn!(module = %self.module, error = %err, "cannot write to the dlq stream; entry stays pending");
+            return false;
+        }
+        let fields: serde_json::Map<String, serde_json::Value> = e
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let letter = DeadLetter {
+            id: envelope::new_id(),
+            module: module.name.clone(),
+            message_id: derived_id(&e.key, &e.id),
+            topic: e.topic.clone(),
+            subtopic: e
+                .fields
+                .iter()
+                .find(|(k, _)| k == "subtopic")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            envelope: serde_json::Value::Object(fields),
+            error_kind: "malformed-envelope".into(),
+            error_message: reason.to_string(),
+            attempts: 1,
+            created_at: String::new(),
+            replayed_at: None,
+        };
+        if let Err(err) = self
+            .dispatcher
+            .store
+            .record_failure(Some(&letter), None)
+            .await
+        {
+            tracing::warn!(module = %self.module, error = %err, "cannot record the dead letter; entry stays pending");
+            return false;
+        }
+        true
+    }
+
+    async fn ack(&self, e: &Entry) -> bool {
+        match self.bus.ack(&e.key, &self.group, &e.id).await {
+            Ok(()) => true,
+            Err(err) => {
+                // Harmless: the entry is redelivered and the inbox answers it.
+                tracing::warn!(module = %self.module, entry = %e.id, error = %err, "XACK failed");
+                false
+            }
+        }
+    }
+
+    /// Keeps in-flight entries fresh (XCLAIM ... JUSTID resets their idle
+    /// time without counting a delivery) so a slow handler is not stolen.
+    async fn heartbeat(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = Duration::from_millis((self.bus.settings.claim_idle_ms / 3).max(50));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let snapshot: Vec<(String, Vec<String>)> = {
+                let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                in_flight
+                    .iter()
+                    .map(|(k, ids)| (k.clone(), ids.iter().cloned().collect()))
+                    .collect()
+            };
+            for (key, ids) in snapshot.into_iter().filter(|(_, ids)| !ids.is_empty()) {
+                let mut cmd = redis::cmd("XCLAIM");
+                cmd.arg(&key)
+                    .arg(&self.group)
+                    .arg(&self.bus.consumer)
+                    .arg(0);
+                for id in &ids {
+                    cmd.arg(id);
+                }
+                cmd.arg("JUSTID");
+                let mut conn = self.bus.conn.clone();
+                if let Err(e) = cmd.query_async::<Value>(&mut conn).await {
+                    tracing::debug!(module = %self.module, error = %e, "heartbeat XCLAIM failed");
+                }
+            }
+        }
+    }
+}
+
+fn entry(key: &str, topic: &str, id: StreamId, deliveries: u32) -> Entry {
+    let mut fields: Vec<(String, String)> = id
+        .map
+        .into_iter()
+        .map(|(k, v)| (k, redis::from_redis_value::<String>(v).unwrap_or_default()))
+        .collect();
+    fields.sort();
+    Entry {
+        key: key.to_string(),
+        topic: topic.to_string(),
+        id: id.id,
+        deliveries,
+        fields,
+    }
+}
+
+/// The id of an entry that carries none: where it sits, so a redelivery is
+/// recognised.
+pub fn derived_id(key: &str, entry_id: &str) -> String {
+    format!("redis:{key}:{entry_id}")
+}
+
+/// Both entry forms of SPEC §6: one field `envelope` (JSON), or the flat form
+/// `subtopic`, `body`, optional `id`, every other field a header.
+fn parse_entry(e: &Entry) -> Result<Envelope, String> {
+    if let Some((_, json)) = e.fields.iter().find(|(k, _)| k == "envelope") {
+        let envelope = Envelope::from_json(json.as_bytes(), || derived_id(&e.key, &e.id))
+            .map_err(|err| err.to_string())?;
+        if envelope.topic != e.topic {
+            return Err(format!(
+                "envelope topic '{}' does not match stream topic '{}'",
+                envelope.topic, e.topic
+            ));
+        }
+        return Ok(envelope);
+    }
+    let mut subtopic = None;
+    let mut body = None;
+    let mut id = None;
+    let mut headers = BTreeMap::new();
+    for (k, v) in &e.fields {
+        match k.as_str() {
+            "subtopic" => subtopic = Some(v.clone()),
+            "body" => body = Some(v.as_str()),
+            "id" => id = Some(v.clone()),
+            _ => {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let subtopic =
+        subtopic.ok_or("entry has neither an `envelope` field nor a `subtopic` field")?;
+    let body = body.ok_or("flat entry has no `body` field")?;
+    let id = id.unwrap_or_else(|| derived_id(&e.key, &e.id));
+    Envelope::new(id, e.topic.clone(), subtopic, headers, body).map_err(|err| err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flat(fields: &[(&str, &str)]) -> Entry {
+        Entry {
+            key: "p:orders".into(),
+            topic: "orders".into(),
+            id: "1-0".into(),
+            deliveries: 1,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn flat_form_with_headers_and_derived_id() {
+        let e = parse_entry(&flat(&[
+            ("subtopic", "place"),
+            ("body", r#"{"qty":1}"#),
+            ("partition-key", "o1"),
+        ]))
+        .unwrap();
+        assert_eq!(e.id, "redis:p:orders:1-0");
+        assert_eq!(e.subtopic, "place");
+        assert_eq!(e.header("partition-key"), Some("o1"));
+        assert_eq!(e.body_text(), r#"{"qty":1}"#);
+    }
+
+    #[test]
+    fn poison_entries_say_why() {
+        let err = parse_entry(&flat(&[("body", "{}")])).unwrap_err();
+        assert!(err.contains("subtopic"), "{err}");
+        let err = parse_entry(&flat(&[("subtopic", "place"), ("body", "{not json")])).unwrap_err();
+        assert!(err.contains("body"), "{err}");
+        let err = parse_entry(&flat(&[(
+            "envelope",
+            r#"{"topic":"inventory","subtopic":"x","body":1}"#,
+        )]))
+        .unwrap_err();
+        assert!(err.contains("does not match"), "{err}");
+    }
+}

@@ -1,0 +1,75 @@
+//! The outbox relay: committed events (and failure events) go from the
+//! outbox table to their topics' streams, then are marked published.
+//! At-least-once: a crash between the append and the mark publishes again,
+//! and consumers' inboxes drop the repeat (the event id is kept).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::ingress::redis::RedisBus;
+use crate::store::Store;
+
+/// Events published per round trip.
+const BATCH: u32 = 256;
+/// Longest sleep when nothing wakes the relay (events written by another host).
+const IDLE_POLL: Duration = Duration::from_millis(500);
+const FIRST_RETRY: Duration = Duration::from_millis(200);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+pub async fn run(
+    store: Store,
+    bus: Arc<RedisBus>,
+    appended: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut retry = FIRST_RETRY;
+    let mut failing = false;
+    while !shutdown.is_cancelled() {
+        let woken = appended.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let published = async {
+            let entries = store.unpublished(BATCH).await.map_err(|e| e.to_string())?;
+            if entries.is_empty() {
+                return Ok(0);
+            }
+            let envelopes: Vec<_> = entries.iter().map(|e| e.envelope.clone()).collect();
+            bus.append(&envelopes).await.map_err(|e| e.to_string())?;
+            let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+            store
+                .mark_published(&seqs)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<usize, String>(entries.len())
+        };
+        match published.await {
+            Ok(0) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = &mut woken => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                }
+            }
+            Ok(n) => {
+                if failing {
+                    tracing::info!("outbox relay: publishing again");
+                    failing = false;
+                }
+                retry = FIRST_RETRY;
+                tracing::trace!(count = n, "outbox relay: published");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?retry, "outbox relay: cannot publish; events stay in the outbox");
+                failing = true;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+        }
+    }
+}
