@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::builder;
 use crate::engine::Engine;
+use crate::envelope::{self, Envelope};
+use crate::ingress::redis::RedisBus;
 use crate::manifest::Manifest;
 use crate::registry::Registry;
 
@@ -84,7 +86,10 @@ pub enum DlqAction {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Via {
+    /// `POST /v1/messages` to the running host.
     Http,
+    /// `XADD` to the topic's stream (needs `[redis]`); prints the id.
+    Redis,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -130,7 +135,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             topic,
             subtopic,
             json,
-            via: Via::Http,
+            via,
             id,
             headers,
             no_wait,
@@ -142,8 +147,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "topic": topic, "subtopic": subtopic, "body": body,
                 "headers": headers.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             });
-            if let Some(id) = id {
-                envelope["id"] = id.into();
+            let id = id.unwrap_or_else(envelope::new_id);
+            envelope["id"] = id.clone().into();
+            if let Via::Redis = via {
+                let settings = manifest
+                    .redis
+                    .clone()
+                    .context("--via redis needs [redis] in the manifest")?;
+                let envelope =
+                    Envelope::from_json(envelope.to_string().as_bytes(), envelope::new_id)?;
+                RedisBus::new(settings)?
+                    .append(std::slice::from_ref(&envelope))
+                    .await?;
+                println!("{}", serde_json::json!({"id": id, "via": "redis"}));
+                return Ok(ExitCode::SUCCESS);
             }
             let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));
             let query = if no_wait { "?wait=false" } else { "" };

@@ -463,3 +463,146 @@ async fn sigkill_mid_stream_then_another_process_finishes_exactly_once() {
         "every entry applied exactly once"
     );
 }
+
+/// A redis-server of the test's own (on a free port, appending every write
+/// to its file), so the test can stop and restart it.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut own = Self {
+            port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        own.restart();
+        own
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (see .ci/run)");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_redis_mid_stream_loses_nothing() {
+    let mut own = OwnRedis::start();
+    let url = format!("redis://127.0.0.1:{}", own.port);
+    let section = format!("[redis]\nurl = \"{url}\"\nblock-ms = 200\nclaim-idle-ms = 1000\n");
+    let project = Project::new(&["orders", "inventory"], &format!("{section}{EXAMPLES}"));
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let xadd_restocks = |n: usize| {
+        let client = client.clone();
+        async move {
+            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let mut pipe = redis::pipe();
+            for _ in 0..n {
+                pipe.xadd(
+                    "inventory",
+                    "*",
+                    &[
+                        ("subtopic", "restock"),
+                        ("body", r#"{"sku":"apple","qty":1}"#),
+                        ("partition-key", "apple"),
+                    ],
+                )
+                .ignore();
+            }
+            let () = pipe.query_async(&mut conn).await.unwrap();
+        }
+    };
+    xadd_restocks(2_000).await;
+    let host = project.start().await;
+    let db = project.db_url();
+    let applied = || async {
+        query_count(&db, "SELECT COUNT(*) FROM inbox WHERE module = 'inventory'").await
+    };
+    eventually("some applied", Duration::from_secs(30), || async {
+        (applied().await >= 100).then_some(())
+    })
+    .await;
+
+    own.kill();
+    eventually(
+        "not ready while redis is down",
+        Duration::from_secs(10),
+        || async {
+            let (status, ready) = host.get("/readyz").await;
+            (status == 503 && ready["redis"] == "unreachable").then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    own.restart();
+    xadd_restocks(500).await;
+
+    eventually("all 2,500 applied", Duration::from_secs(60), || async {
+        (applied().await == 2_500).then_some(())
+    })
+    .await;
+    let (_, stock) = host
+        .command("inventory", "get", json!({"sku": "apple"}))
+        .await;
+    assert_eq!(stock["output"]["available"], 2_500);
+    eventually("every event published", Duration::from_secs(30), || async {
+        let left = query_count(
+            &db,
+            "SELECT COUNT(*) FROM outbox WHERE published_at IS NULL",
+        )
+        .await;
+        (left == 0).then_some(())
+    })
+    .await;
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let events: usize = conn.xlen("inventory.events").await.unwrap();
+    assert!(events >= 2_500, "{events} events in the stream");
+    let (status, _) = host.get("/readyz").await;
+    assert_eq!(status, 200);
+    host.stop().await;
+}
