@@ -448,19 +448,23 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
     Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
 }
 
-/// The trap's reason, first line of the wasm backtrace included.
+/// The trap's reason and the guest function it happened in, without the
+/// whole wasm backtrace (that goes to the log).
 fn trap_message(e: &wasmtime::Error) -> String {
     let reason = match e.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
-        None => e.to_string(),
+        None => e.root_cause().to_string(),
     };
-    let detail = format!("{e:?}");
-    let frame = detail
-        .lines()
-        .find(|l| l.trim_start().starts_with("0:"))
-        .map(str::trim);
-    match frame {
-        Some(f) => format!("trapped: {reason} (at {f})"),
+    let function = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().first())
+        .and_then(|f| {
+            f.func_name()
+                .map(|name| format!("{:#}", rustc_demangle::demangle(name)))
+        });
+    tracing::debug!(error = ?e, "guest trap");
+    match function {
+        Some(f) => format!("trapped: {reason} (in {f})"),
         None => format!("trapped: {reason}"),
     }
 }

@@ -9,3 +9,4 @@ mod concurrency;
 mod failures;
 mod redis_streams;
 mod saga;
+mod sandbox;

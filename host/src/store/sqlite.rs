@@ -33,6 +33,9 @@ impl SqliteStore {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // A local file does not drop connections; a ping per acquire
+            // would add a round trip to every statement.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("../migrations").run(&pool).await?;

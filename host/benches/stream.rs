@@ -1,0 +1,280 @@
+//! `cargo bench --bench stream` (needs Redis on 127.0.0.1:6379 or
+//! `SWITCHYARD_BENCH_REDIS`): N restock entries preloaded into a stream, time
+//! until the host has applied them all (one read, one write, one event each,
+//! SQLite), beside, in the same run, a bare XREADGROUP + XACK loop over the
+//! same entries and a bare store loop committing the same rows; then the
+//! XADD-to-commit latency at a steady rate.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use redis::AsyncCommands;
+use redis::streams::StreamReadReply;
+use switchyard::envelope::{self, Envelope};
+use switchyard::manifest::Manifest;
+use switchyard::store::{Commit, Store, Write};
+
+const BATCH: usize = 100;
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+fn count() -> usize {
+    std::env::var("STREAM_BENCH_N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000)
+}
+
+async fn run() -> anyhow::Result<()> {
+    let n = count();
+    let url =
+        std::env::var("SWITCHYARD_BENCH_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let client = redis::Client::open(url.as_str())?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .context("redis")?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    switchyard::builder::run_command(
+        "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p inventory",
+        &root,
+        "inventory",
+    )?;
+    let wasm = root.join("plugins/target/wasm32-wasip2/release/inventory.wasm");
+    let tag = envelope::new_id().replace('-', "");
+    println!("stream benchmark: {n} restock entries, batches of {BATCH}");
+
+    // 1. The broker alone: read and ack every entry.
+    let bare_key = format!("bench{tag}:bare");
+    preload(&mut conn, &bare_key, n, 0).await?;
+    let bare = bare_consume(&mut conn, &bare_key, n).await?;
+    report("bare XREADGROUP + XACK loop", n, bare);
+
+    // 2. The store alone: the same rows (document, inbox, outbox), one
+    //    transaction per message as the host commits them today.
+    let dir = tempfile::tempdir()?;
+    let store = Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("bare.db").display()
+    ))
+    .await?;
+    let start = Instant::now();
+    for i in 0..n {
+        commit_restock(&store, i).await?;
+    }
+    let store_time = start.elapsed();
+    report("bare store loop (1 message per transaction)", n, store_time);
+
+    // 3. The host: Redis -> module -> SQLite -> ack.
+    let prefix = format!("bench{tag}:");
+    let project = tempfile::tempdir()?;
+    std::fs::create_dir_all(project.path().join("plugins"))?;
+    std::fs::copy(&wasm, project.path().join("plugins/inventory.wasm"))?;
+    let manifest_text = format!(
+        "[host]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{url}\"\ngroup = \"g{tag}\"\nprefix = \"{prefix}\"\nblock-ms = 100\n\
+         [modules.inventory]\nfile = \"inventory.wasm\"\ntopics = [\"inventory\"]\nsubscribes = []\nemits = [\"inventory.events\"]\n"
+    );
+    std::fs::write(project.path().join("plugins.toml"), &manifest_text)?;
+    let manifest = Manifest::load(&project.path().join("plugins.toml"))?;
+    let db = manifest.host.database.clone();
+    preload(&mut conn, &format!("{prefix}inventory"), n, 0).await?;
+    let start = Instant::now();
+    let host = switchyard::server::start(
+        manifest,
+        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    )
+    .await?;
+    let pool = sqlx::SqlitePool::connect(&db).await?;
+    wait_applied(&pool, n).await?;
+    let host_time = start.elapsed();
+    report(
+        "host: XREADGROUP -> module -> SQLite commit -> XACK",
+        n,
+        host_time,
+    );
+    println!(
+        "  ratios: host/bare-redis {:.3}, host/bare-store {:.3}",
+        bare.as_secs_f64() / host_time.as_secs_f64(),
+        store_time.as_secs_f64() / host_time.as_secs_f64()
+    );
+
+    // 4. Latency at a steady rate: XADD time -> commit time of each document.
+    let rate = 1_000u64;
+    let seconds = 5u64;
+    let key = format!("{prefix}inventory");
+    let mut sent: HashMap<String, SystemTime> = HashMap::new();
+    let tick = Duration::from_millis(10);
+    let per_tick = (rate / 100) as usize;
+    let mut interval = tokio::time::interval(tick);
+    for t in 0..(seconds * 100) as usize {
+        interval.tick().await;
+        let mut pipe = redis::pipe();
+        for j in 0..per_tick {
+            let sku = format!("lat-{t}-{j}");
+            let body = format!(r#"{{"sku":"{sku}","qty":1}}"#);
+            pipe.xadd(
+                &key,
+                "*",
+                &[("subtopic", "restock"), ("body", body.as_str())],
+            )
+            .ignore();
+            sent.insert(sku, SystemTime::now());
+        }
+        let () = pipe.query_async(&mut conn).await?;
+    }
+    wait_applied(&pool, n + sent.len()).await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT key, updated_at FROM documents WHERE key LIKE 'lat-%'")
+            .fetch_all(&pool)
+            .await?;
+    let mut latencies: Vec<f64> = rows
+        .iter()
+        .filter_map(|(k, at)| {
+            let committed =
+                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                    .ok()?;
+            let committed = UNIX_EPOCH
+                + Duration::from_nanos(u64::try_from(committed.unix_timestamp_nanos()).ok()?);
+            Some(committed.duration_since(*sent.get(k)?).ok()?.as_secs_f64() * 1e3)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+    println!(
+        "  XADD -> commit at a steady {rate} msgs/s for {seconds} s: p50 {:.1} ms, p99 {:.1} ms ({} samples)",
+        pct(0.5),
+        pct(0.99),
+        latencies.len()
+    );
+    host.stop().await;
+    let _: () = redis::cmd("DEL")
+        .arg(&bare_key)
+        .arg(&key)
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+fn report(what: &str, n: usize, took: Duration) {
+    println!(
+        "  {what:<52} {:>9.0} msgs/s ({:.2} s)",
+        n as f64 / took.as_secs_f64(),
+        took.as_secs_f64()
+    );
+}
+
+async fn preload(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    n: usize,
+    offset: usize,
+) -> anyhow::Result<()> {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            let body = format!(r#"{{"sku":"sku-{}","qty":1}}"#, i + offset);
+            pipe.xadd(
+                key,
+                "*",
+                &[("subtopic", "restock"), ("body", body.as_str())],
+            )
+            .ignore();
+        }
+        let () = pipe.query_async(conn).await?;
+    }
+    Ok(())
+}
+
+async fn bare_consume(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg("bare")
+        .arg("0")
+        .query_async(conn)
+        .await?;
+    let start = Instant::now();
+    let mut seen = 0;
+    while seen < n {
+        let reply: StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("bare")
+            .arg("c")
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("STREAMS")
+            .arg(key)
+            .arg(">")
+            .query_async(conn)
+            .await?;
+        let ids: Vec<String> = reply
+            .keys
+            .into_iter()
+            .flat_map(|k| k.ids)
+            .map(|i| i.id)
+            .collect();
+        seen += ids.len();
+        if !ids.is_empty() {
+            let _: i64 = conn.xack(key, "bare", &ids).await?;
+        }
+    }
+    Ok(start.elapsed())
+}
+
+async fn commit_restock(store: &Store, i: usize) -> anyhow::Result<()> {
+    let id = envelope::new_id();
+    let sku = format!("sku-{i}");
+    let value = format!(r#"{{"sku":"{sku}","available":1}}"#);
+    let event = Envelope::new(
+        envelope::new_id(),
+        "inventory.events".into(),
+        "restocked".into(),
+        BTreeMap::new(),
+        &format!(r#"{{"sku":"{sku}","qty":1,"available":1}}"#),
+    )?;
+    let _ = store.inbox_answer("bench", &id).await?;
+    let _ = store.get("bench", "stock", &sku).await?;
+    let writes = [Write::Put {
+        collection: "stock".into(),
+        key: sku,
+        value,
+        base_version: 0,
+    }];
+    let events = [event];
+    let answer = r#"{"output":null,"events":[]}"#;
+    store
+        .commit(&Commit {
+            module: "bench",
+            message_id: &id,
+            answer,
+            writes: &writes,
+            events: &events,
+        })
+        .await?;
+    Ok(())
+}
+
+async fn wait_applied(pool: &sqlx::SqlitePool, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+            .fetch_one(pool)
+            .await
+            .unwrap_or(0);
+        if done as usize >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "only {done} of {n} applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
