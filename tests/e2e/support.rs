@@ -222,3 +222,15 @@ pub async fn query_count(db_url: &str, sql: &str) -> i64 {
     pool.close().await;
     n
 }
+
+/// Like [`query_count`], for a database a starting host may not have
+/// created or migrated yet: `None` until it can answer.
+pub async fn try_count(db_url: &str, sql: &str) -> Option<i64> {
+    let pool = sqlx::SqlitePool::connect(db_url).await.ok()?;
+    let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&pool)
+        .await
+        .ok();
+    pool.close().await;
+    n
+}
