@@ -10,9 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::builder;
 use crate::engine::Engine;
 use crate::envelope::{self, Envelope};
+#[cfg(feature = "kafka")]
+use crate::ingress::kafka::KafkaBus;
 use crate::ingress::redis::RedisBus;
 use crate::manifest::Manifest;
 use crate::registry::Registry;
+use crate::relay::Broker;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -90,6 +93,9 @@ pub enum Via {
     Http,
     /// `XADD` to the topic's stream (needs `[redis]`); prints the id.
     Redis,
+    /// Produce to the topic (needs `[kafka]` and a build with the `kafka`
+    /// feature); prints the id after delivery.
+    Kafka,
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
@@ -149,17 +155,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             });
             let id = id.unwrap_or_else(envelope::new_id);
             envelope["id"] = id.clone().into();
-            if let Via::Redis = via {
-                let settings = manifest
-                    .redis
-                    .clone()
-                    .context("--via redis needs [redis] in the manifest")?;
+            let broker = match via {
+                Via::Http => None,
+                Via::Redis => {
+                    let settings = manifest
+                        .redis
+                        .clone()
+                        .context("--via redis needs [redis] in the manifest")?;
+                    Some(Broker::Redis(RedisBus::new(settings)?))
+                }
+                #[cfg(feature = "kafka")]
+                Via::Kafka => {
+                    let settings = manifest
+                        .kafka
+                        .clone()
+                        .context("--via kafka needs [kafka] in the manifest")?;
+                    Some(Broker::Kafka(KafkaBus::new(settings)?))
+                }
+                #[cfg(not(feature = "kafka"))]
+                Via::Kafka => {
+                    bail!("this build has no Kafka support: build with `--features kafka`")
+                }
+            };
+            if let Some(broker) = broker {
                 let envelope =
                     Envelope::from_json(envelope.to_string().as_bytes(), envelope::new_id)?;
-                RedisBus::new(settings)?
+                broker
                     .append(std::slice::from_ref(&envelope))
-                    .await?;
-                println!("{}", serde_json::json!({"id": id, "via": "redis"}));
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                println!("{}", serde_json::json!({"id": id, "via": broker.name()}));
                 return Ok(ExitCode::SUCCESS);
             }
             let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));

@@ -111,12 +111,34 @@ fn default_concurrency() -> usize {
     16
 }
 
+/// `[kafka]`: Kafka topics as ingress and event transport.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KafkaSettings {
+    /// `bootstrap.servers`.
     pub brokers: String,
+    /// Consumer groups are `<group>.<module>`.
     #[serde(default = "default_group")]
     pub group: String,
+    /// Prepended to every topic name.
+    #[serde(default)]
+    pub prefix: String,
+    /// Partitions of the topics the host creates.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// librdkafka settings for every client (e.g. `security.protocol`).
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+    /// librdkafka settings for consumers only (e.g. `session.timeout.ms`).
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka settings for the producer only (e.g. `linger.ms`).
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+fn default_partitions() -> u32 {
+    3
 }
 
 fn default_group() -> String {

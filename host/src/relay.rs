@@ -1,5 +1,6 @@
 //! The outbox relay: committed events (and failure events) go from the
-//! outbox table to their topics' streams, then are marked published.
+//! outbox table to their topics on the broker (Redis streams or Kafka
+//! topics), then are marked published.
 //! At-least-once: a crash between the append and the mark publishes again,
 //! and consumers' inboxes drop the repeat (the event id is kept).
 
@@ -9,8 +10,49 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::envelope::Envelope;
+#[cfg(feature = "kafka")]
+use crate::ingress::kafka::KafkaBus;
 use crate::ingress::redis::RedisBus;
 use crate::store::Store;
+
+/// Where committed events go when a broker is configured.
+#[derive(Clone)]
+pub enum Broker {
+    Redis(Arc<RedisBus>),
+    #[cfg(feature = "kafka")]
+    Kafka(Arc<KafkaBus>),
+}
+
+impl Broker {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Broker::Redis(_) => "redis",
+            #[cfg(feature = "kafka")]
+            Broker::Kafka(_) => "kafka",
+        }
+    }
+
+    /// Appends envelopes to their topics; returns once the broker has them.
+    pub async fn append(&self, envelopes: &[Envelope]) -> Result<(), String> {
+        match self {
+            Broker::Redis(bus) => bus.append(envelopes).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "kafka")]
+            Broker::Kafka(bus) => bus
+                .append(envelopes)
+                .await
+                .map_err(|e| format!("kafka: {e}")),
+        }
+    }
+
+    pub async fn ping(&self) -> bool {
+        match self {
+            Broker::Redis(bus) => bus.ping().await,
+            #[cfg(feature = "kafka")]
+            Broker::Kafka(bus) => bus.ping().await,
+        }
+    }
+}
 
 /// Events published per round trip.
 const BATCH: u32 = 256;
@@ -19,12 +61,7 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
-pub async fn run(
-    store: Store,
-    bus: Arc<RedisBus>,
-    appended: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(store: Store, broker: Broker, appended: Arc<Notify>, shutdown: CancellationToken) {
     let mut retry = FIRST_RETRY;
     let mut failing = false;
     while !shutdown.is_cancelled() {
@@ -37,7 +74,7 @@ pub async fn run(
                 return Ok(0);
             }
             let envelopes: Vec<_> = entries.iter().map(|e| e.envelope.clone()).collect();
-            bus.append(&envelopes).await.map_err(|e| e.to_string())?;
+            broker.append(&envelopes).await?;
             let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
             store
                 .mark_published(&seqs)

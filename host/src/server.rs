@@ -14,11 +14,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::dispatch::Dispatcher;
 use crate::engine::Engine;
+#[cfg(feature = "kafka")]
+use crate::ingress::kafka::{self as kafka_ingress, KafkaBus};
 use crate::ingress::redis::{self as redis_ingress, RedisBus};
 use crate::ingress::{embedded, http};
 use crate::manifest::{Manifest, ManifestError};
 use crate::registry::{LoadProblem, Registry};
-use crate::relay;
+use crate::relay::{self, Broker};
 use crate::store::Store;
 
 /// Re-reads the manifest and the plugins folder and swaps the routes.
@@ -89,20 +91,35 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
     let registry = Arc::new(Registry::default());
     let routes = registry.load(&engine, &manifest, None).await;
     registry.replace(routes);
-    if manifest.kafka.is_some() {
-        tracing::warn!("[kafka] is not wired in this build");
-    }
     let redis = match &manifest.redis {
         Some(settings) => Some(RedisBus::new(settings.clone()).context("configuring [redis]")?),
         None => None,
     };
+    #[cfg(feature = "kafka")]
+    let kafka = match &manifest.kafka {
+        Some(settings) => Some(KafkaBus::new(settings.clone()).context("configuring [kafka]")?),
+        None => None,
+    };
+    #[cfg(not(feature = "kafka"))]
+    if manifest.kafka.is_some() {
+        anyhow::bail!(
+            "[kafka] is configured but this build has no Kafka support: build with `--features kafka`"
+        );
+    }
+    // Committed events go to Kafka when it is configured, else to Redis,
+    // else they stay in the embedded log.
+    let mut brokers: Vec<Broker> = Vec::new();
+    #[cfg(feature = "kafka")]
+    brokers.extend(kafka.clone().map(Broker::Kafka));
+    brokers.extend(redis.clone().map(Broker::Redis));
+    let broker = brokers.first().cloned();
 
     let dispatcher = Arc::new(Dispatcher::new(
         engine.clone(),
         store.clone(),
         registry.clone(),
     ));
-    if redis.is_none() {
+    if broker.is_none() {
         embedded::init_cursors(&dispatcher)
             .await
             .context("preparing the embedded log")?;
@@ -127,23 +144,17 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         dispatcher: dispatcher.clone(),
         reloader,
         admin_token,
-        redis: redis.clone(),
+        brokers,
     });
     let app = http::router(state, manifest.host.max_body_bytes);
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    match redis {
-        // With a broker, events travel through its streams, not in-process.
-        Some(bus) => {
+    match broker {
+        // With a broker, events travel through it, not in-process.
+        Some(broker) => {
             let appended = dispatcher.log_appended.clone();
-            tracker.spawn(relay::run(store, bus.clone(), appended, shutdown.clone()));
-            tracker.spawn(redis_ingress::run(
-                bus,
-                dispatcher.clone(),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
+            tracker.spawn(relay::run(store, broker, appended, shutdown.clone()));
         }
         None => {
             tracker.spawn(embedded::run(
@@ -152,6 +163,23 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
                 tracker.clone(),
             ));
         }
+    }
+    if let Some(bus) = redis {
+        tracker.spawn(redis_ingress::run(
+            bus,
+            dispatcher.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    #[cfg(feature = "kafka")]
+    if let Some(bus) = kafka {
+        tracker.spawn(kafka_ingress::run(
+            bus,
+            dispatcher.clone(),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
     }
     let addr = listener
         .local_addr()

@@ -7,6 +7,8 @@ mod support;
 mod cli;
 mod concurrency;
 mod failures;
+#[cfg(feature = "kafka")]
+mod kafka_topics;
 mod redis_streams;
 mod saga;
 mod sandbox;

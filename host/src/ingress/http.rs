@@ -18,8 +18,8 @@ use subtle::ConstantTimeEq;
 
 use crate::dispatch::{Dispatcher, FailureKind, Outcome};
 use crate::envelope::{self, Envelope};
-use crate::ingress::redis::RedisBus;
 use crate::registry::LoadedModule;
+use crate::relay::Broker;
 use crate::server::Reloader;
 
 /// Most dead letters one listing returns.
@@ -30,8 +30,9 @@ pub struct ApiState {
     pub reloader: Arc<Reloader>,
     /// `None` turns the admin endpoints off (never open).
     pub admin_token: Option<String>,
-    /// With Redis configured, `wait=false` appends to the topic's stream.
-    pub redis: Option<Arc<RedisBus>>,
+    /// Configured brokers, the one events go to first: `wait=false` appends
+    /// there; readiness checks them all.
+    pub brokers: Vec<Broker>,
 }
 
 /// An error answer: `{"error":{"kind","message"}}`. Internal details are
@@ -179,11 +180,11 @@ async fn submit(
         .or_insert_with(|| envelope.id.clone());
     if !wait {
         let one = std::slice::from_ref(&envelope);
-        match &state.redis {
-            Some(bus) => bus
+        match state.brokers.first() {
+            Some(broker) => broker
                 .append(one)
                 .await
-                .map_err(|e| ApiError::internal("could not append to Redis", e))?,
+                .map_err(|e| ApiError::internal("could not append to the broker", e))?,
             None => {
                 state
                     .dispatcher
@@ -282,12 +283,12 @@ async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     };
     let mut body = json!({"database": if database { "ok" } else { "unreachable" }});
     let mut ready = database;
-    if let Some(bus) = &state.redis {
-        let up = bus.ping().await;
+    for broker in &state.brokers {
+        let up = broker.ping().await;
         if !up {
-            tracing::warn!("readiness: redis unreachable");
+            tracing::warn!(broker = broker.name(), "readiness: broker unreachable");
         }
-        body["redis"] = json!(if up { "ok" } else { "unreachable" });
+        body[broker.name()] = json!(if up { "ok" } else { "unreachable" });
         ready &= up;
     }
     body["ready"] = json!(ready);

@@ -3,4 +3,6 @@
 
 pub mod embedded;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod redis;

@@ -31,14 +31,31 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            // A local file does not drop connections; a ping per acquire
-            // would add a round trip to every statement.
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("../migrations").run(&pool).await?;
+        // Two hosts starting on one new file race to switch it to WAL and
+        // migrate it; SQLite answers the loser "database is locked" at once
+        // (those steps cannot wait on the busy timeout), so try again a while.
+        let mut attempt = 0u32;
+        let pool = loop {
+            let opened = async {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    // A local file does not drop connections; a ping per
+                    // acquire would add a round trip to every statement.
+                    .test_before_acquire(false)
+                    .connect_with(options.clone())
+                    .await?;
+                sqlx::migrate!("../migrations").run(&pool).await?;
+                Ok::<_, StoreError>(pool)
+            };
+            match opened.await {
+                Ok(pool) => break pool,
+                Err(e) if attempt < 50 && e.to_string().contains("database is locked") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(20 + u64::from(attempt) * 10)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Self {
             pool,
             write_lock: Arc::new(tokio::sync::Mutex::new(())),

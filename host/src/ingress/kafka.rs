@@ -1,0 +1,429 @@
+//! Kafka (SPEC §6): topic `T` is the Kafka topic `<prefix>T`, the value is
+//! the envelope JSON, the key the partition key (or the id). Each module
+//! consumes with its own group `<group>.<module>`; one partition's messages
+//! are handled in order, different partitions concurrently; an offset is
+//! stored (and later committed) only after the message's unit of work
+//! committed or its failure was recorded.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dispatch::{Dispatcher, FailureKind, Outcome};
+use crate::envelope::{Envelope, PARTITION_KEY};
+use crate::manifest::KafkaSettings;
+use crate::registry::LoadedModule;
+
+/// How long a produce may wait for its delivery report.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Metadata requests (readiness, topic creation) give up after this long.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages buffered per partition before the consumer waits (backpressure).
+const PARTITION_QUEUE: usize = 256;
+/// Pause before handling a message again after the store failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
+
+/// The host's side of Kafka: producing, topic creation, health.
+pub struct KafkaBus {
+    pub settings: KafkaSettings,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Topics known to exist, so each is created once per process.
+    created: std::sync::Mutex<HashSet<String>>,
+}
+
+impl KafkaBus {
+    pub fn new(settings: KafkaSettings) -> Result<Arc<Self>, KafkaError> {
+        let mut producer = base_config(&settings);
+        // Idempotent, fully acknowledged: a retried send is never duplicated
+        // in the log and never lost once reported delivered.
+        producer
+            .set("enable.idempotence", "true")
+            .set("acks", "all");
+        for (k, v) in &settings.producer {
+            producer.set(k, v);
+        }
+        let producer: FutureProducer = producer.create()?;
+        let admin: AdminClient<DefaultClientContext> = base_config(&settings).create()?;
+        Ok(Arc::new(Self {
+            settings,
+            producer,
+            admin,
+            created: Default::default(),
+        }))
+    }
+
+    pub fn topic(&self, topic: &str) -> String {
+        format!("{}{topic}", self.settings.prefix)
+    }
+
+    /// Creates the topics that do not exist yet (with `partitions` partitions).
+    pub async fn ensure_topics(&self, topics: &[String]) -> Result<(), KafkaError> {
+        let missing: Vec<String> = {
+            let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            topics
+                .iter()
+                .map(|t| self.topic(t))
+                .filter(|t| !created.contains(t))
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let partitions = i32::try_from(self.settings.partitions).unwrap_or(i32::MAX);
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+        for result in self.admin.create_topics(new.iter(), &options).await? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                        tracing::warn!(%topic, ?code, "cannot create Kafka topic");
+                    });
+                }
+            }
+        }
+        let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        created.extend(missing);
+        Ok(())
+    }
+
+    /// Produces envelopes to their topics and waits for every delivery report.
+    pub async fn append(&self, envelopes: &[Envelope]) -> Result<(), KafkaError> {
+        let topics: Vec<String> = envelopes.iter().map(|e| e.topic.clone()).collect();
+        self.ensure_topics(&topics).await?;
+        let sends = envelopes.iter().map(|e| {
+            let topic = self.topic(&e.topic);
+            let key = e.header(PARTITION_KEY).unwrap_or(&e.id).to_string();
+            let payload = e.to_json();
+            async move {
+                let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+                self.producer
+                    .send(record, DELIVERY_TIMEOUT)
+                    .await
+                    .map(|_| ())
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for result in futures_util::future::join_all(sends).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Whether a broker answers a metadata request.
+    pub async fn ping(&self) -> bool {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, METADATA_TIMEOUT)
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Writes a dead letter to `T.dlq`: the original value, why in headers.
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        original: &OwnedMessage,
+        why: &[(&str, String)],
+    ) -> Result<(), KafkaError> {
+        let dlq = format!("{topic}.dlq");
+        self.ensure_topics(std::slice::from_ref(&dlq)).await?;
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in why {
+            headers = headers.insert(Header {
+                key: &format!("dlq-{k}"),
+                value: Some(v.as_bytes()),
+            });
+        }
+        let payload = original.payload().unwrap_or_default();
+        let key = original.key().unwrap_or_default();
+        let target = self.topic(&dlq);
+        let record = FutureRecord::to(&target)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        self.producer
+            .send(record, DELIVERY_TIMEOUT)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+}
+
+fn base_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.brokers);
+    for (k, v) in &settings.client {
+        config.set(k, v);
+    }
+    config
+}
+
+/// Starts a consumer per loaded module, and more as modules appear.
+pub async fn run(
+    bus: Arc<KafkaBus>,
+    dispatcher: Arc<Dispatcher>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut started: HashSet<String> = HashSet::new();
+    loop {
+        for name in dispatcher.registry.routes().modules.keys() {
+            if started.insert(name.clone()) {
+                tracker.spawn(consume(
+                    bus.clone(),
+                    dispatcher.clone(),
+                    name.clone(),
+                    shutdown.clone(),
+                    tracker.clone(),
+                ));
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+        }
+    }
+}
+
+async fn consume(
+    bus: Arc<KafkaBus>,
+    dispatcher: Arc<Dispatcher>,
+    name: String,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let mut retry = Duration::from_millis(500);
+    // Waits for the module to be loaded, then consumes until shutdown. A
+    // module removed later keeps its group; its offsets wait for it.
+    let module = loop {
+        if let Some(m) = dispatcher.registry.routes().modules.get(&name).cloned() {
+            break m;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+        }
+    };
+    let topics = module.consumed_topics();
+    let consumer = loop {
+        match subscribe(&bus, &name, &topics).await {
+            Ok(c) => break Arc::new(c),
+            Err(e) => {
+                tracing::warn!(module = %name, error = %e, retry_in = ?retry, "kafka consumer: cannot subscribe");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    let mut partitions: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = consumer.recv() => m.map(|m| m.detach()),
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(module = %name, error = %e, "kafka consumer: receive failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let slot = (message.topic().to_string(), message.partition());
+        let sender = partitions.entry(slot).or_insert_with(|| {
+            // One worker per partition keeps that partition's order.
+            let (tx, rx) = mpsc::channel(PARTITION_QUEUE);
+            let worker = PartitionWorker {
+                bus: bus.clone(),
+                dispatcher: dispatcher.clone(),
+                consumer: consumer.clone(),
+                module: name.clone(),
+            };
+            tracker.spawn(worker.run(rx, shutdown.clone()));
+            tx
+        });
+        if sender.send(message).await.is_err() {
+            break;
+        }
+    }
+    drop(partitions);
+    // Commit what was stored before leaving the group.
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(module = %name, error = %e, "final offset commit");
+    }
+}
+
+async fn subscribe(
+    bus: &KafkaBus,
+    module: &str,
+    topics: &[String],
+) -> Result<StreamConsumer, KafkaError> {
+    bus.ensure_topics(topics).await?;
+    let mut config = base_config(&bus.settings);
+    config
+        .set("group.id", format!("{}.{module}", bus.settings.group))
+        // Offsets are stored by hand after each message's commit, and the
+        // stored ones committed in the background.
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &bus.settings.consumer {
+        config.set(k, v);
+    }
+    let consumer: StreamConsumer = config.create()?;
+    let names: Vec<String> = topics.iter().map(|t| bus.topic(t)).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer.subscribe(&refs)?;
+    tracing::info!(module, topics = ?names, "kafka consumer subscribed");
+    Ok(consumer)
+}
+
+struct PartitionWorker {
+    bus: Arc<KafkaBus>,
+    dispatcher: Arc<Dispatcher>,
+    consumer: Arc<StreamConsumer>,
+    module: String,
+}
+
+impl PartitionWorker {
+    async fn run(self, mut rx: mpsc::Receiver<OwnedMessage>, shutdown: CancellationToken) {
+        while let Some(message) = rx.recv().await {
+            // The module may have been swapped since: use the current version.
+            let Some(module) = self
+                .dispatcher
+                .registry
+                .routes()
+                .modules
+                .get(&self.module)
+                .cloned()
+            else {
+                // Unloaded: stop storing offsets; the rest is redelivered when it returns.
+                return;
+            };
+            loop {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                if self.handle(&module, &message).await {
+                    break;
+                }
+                tokio::time::sleep(STORE_RETRY).await;
+            }
+            let stored = self.consumer.store_offset(
+                message.topic(),
+                message.partition(),
+                message.offset() + 1,
+            );
+            if let Err(e) = stored {
+                // The partition moved to another member; it will redeliver.
+                tracing::debug!(module = %self.module, error = %e, "offset not stored");
+            }
+        }
+    }
+
+    /// Handles one message; false when it must be tried again (nothing recorded).
+    async fn handle(&self, module: &Arc<LoadedModule>, message: &OwnedMessage) -> bool {
+        let topic = message
+            .topic()
+            .strip_prefix(&self.bus.settings.prefix)
+            .unwrap_or(message.topic());
+        let derived = || {
+            format!(
+                "kafka:{}:{}:{}",
+                message.topic(),
+                message.partition(),
+                message.offset()
+            )
+        };
+        let parsed = match message.payload() {
+            None => Err("message has no value".to_string()),
+            Some(value) => Envelope::from_json(value, derived)
+                .map_err(|e| e.to_string())
+                .and_then(|e| {
+                    if e.topic == topic {
+                        Ok(e)
+                    } else {
+                        Err(format!(
+                            "envelope topic '{}' does not match Kafka topic '{topic}'",
+                            e.topic
+                        ))
+                    }
+                }),
+        };
+        let envelope = match parsed {
+            Ok(e) => e,
+            Err(reason) => {
+                tracing::warn!(module = %self.module, %topic, offset = message.offset(), %reason, "not an envelope: dead-lettered");
+                let why = [
+                    ("kind", "malformed-envelope".to_string()),
+                    ("error", reason),
+                    ("attempts", "1".to_string()),
+                    ("module", self.module.clone()),
+                    (
+                        "offset",
+                        format!("{}:{}", message.partition(), message.offset()),
+                    ),
+                ];
+                return self.dead_letter(topic, message, &why).await;
+            }
+        };
+        match self.dispatcher.deliver(module, &envelope).await {
+            Outcome::Processed(_) | Outcome::Duplicate(_) => true,
+            Outcome::Failed(f) if f.kind == FailureKind::Unavailable => false,
+            Outcome::Failed(f) if f.kind == FailureKind::Rejected => true,
+            Outcome::Failed(f) => {
+                let why = [
+                    ("kind", f.kind.as_str().to_string()),
+                    ("error", f.message.clone()),
+                    ("attempts", f.attempts.to_string()),
+                    ("module", f.module.clone()),
+                    (
+                        "offset",
+                        format!("{}:{}", message.partition(), message.offset()),
+                    ),
+                ];
+                self.dead_letter(topic, message, &why).await
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        message: &OwnedMessage,
+        why: &[(&str, String)],
+    ) -> bool {
+        match self.bus.dead_letter(topic, message, why).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(module = %self.module, error = %e, "cannot write to the dlq topic; retrying");
+                false
+            }
+        }
+    }
+}

