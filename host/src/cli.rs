@@ -67,6 +67,14 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Create a module crate from a template and add it to the manifest.
+    New {
+        /// The module name: [a-z0-9_], also its command topic.
+        name: String,
+        /// The modules' cargo workspace, relative to the manifest's folder.
+        #[arg(long, default_value = "plugins")]
+        dir: PathBuf,
+    },
     /// Inspect and replay dead letters (uses the admin token).
     Dlq {
         #[command(subcommand)]
@@ -197,6 +205,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("sending to {base}"))?;
             print_response(response).await
         }
+        Command::New { name, dir } => {
+            scaffold(&manifest, &name, &dir)?;
+            println!(
+                "created {}/{name}; build it with `switchyard build`",
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dlq { action, url } => {
             let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));
             let var = manifest
@@ -227,6 +243,67 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_response(response).await
         }
     }
+}
+
+const TEMPLATE_LIB: &str = include_str!("../templates/module_lib.rs");
+const TEMPLATE_CARGO: &str = include_str!("../templates/module_Cargo.toml");
+
+/// `switchyard new`: the crate, its place in the workspace, its manifest entry.
+fn scaffold(manifest: &Manifest, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    // No '-': cargo would name the artifact with '_' instead.
+    anyhow::ensure!(
+        valid,
+        "module name {name:?} must be 1 to 64 of [a-z0-9_], starting with a letter"
+    );
+    anyhow::ensure!(
+        !manifest.modules.contains_key(name),
+        "plugins.toml already has [modules.{name}]"
+    );
+    let workspace = manifest.dir.join(dir);
+    let crate_dir = workspace.join(name);
+    anyhow::ensure!(
+        !crate_dir.exists(),
+        "{} already exists",
+        crate_dir.display()
+    );
+
+    let workspace_toml = workspace.join("Cargo.toml");
+    let text = std::fs::read_to_string(&workspace_toml)
+        .with_context(|| format!("reading {}", workspace_toml.display()))?;
+    let at = text
+        .find("members = [")
+        .with_context(|| format!("{} has no `members = [` list", workspace_toml.display()))?
+        + "members = [".len();
+    let text = format!("{}\"{name}\", {}", &text[..at], &text[at..]);
+
+    std::fs::create_dir_all(crate_dir.join("src"))?;
+    std::fs::write(
+        crate_dir.join("Cargo.toml"),
+        TEMPLATE_CARGO.replace("{{name}}", name),
+    )?;
+    std::fs::write(
+        crate_dir.join("src/lib.rs"),
+        TEMPLATE_LIB.replace("{{name}}", name),
+    )?;
+    std::fs::write(&workspace_toml, text)?;
+
+    let dir_text = dir.display();
+    let entry = format!(
+        "\n[modules.{name}]\nfile = \"{name}.wasm\"\n\
+         build = \"cargo build --release --target wasm32-wasip2 --manifest-path {dir_text}/Cargo.toml -p {name}\"\n\
+         artifact = \"{dir_text}/target/wasm32-wasip2/release/{name}.wasm\"\n\
+         topics = [\"{name}\"]\nsubscribes = [\"orders.events\"]\nemits = [\"{name}.events\"]\n"
+    );
+    let mut manifest_text = std::fs::read_to_string(&manifest.path)?;
+    manifest_text.push_str(&entry);
+    std::fs::write(&manifest.path, manifest_text)?;
+    Ok(())
 }
 
 async fn print_response(response: reqwest::Response) -> anyhow::Result<ExitCode> {

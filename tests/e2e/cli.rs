@@ -87,3 +87,92 @@ fn build_runs_the_build_command_and_installs_the_artifact() {
     assert!(ok);
     assert!(stdout.contains("(unchanged)"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
+    let root = crate::support::repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(plugins.join("sdk/src")).unwrap();
+    std::fs::create_dir_all(dir.path().join("wit")).unwrap();
+    for f in ["sdk/Cargo.toml", "sdk/src/lib.rs"] {
+        std::fs::copy(root.join("plugins").join(f), plugins.join(f)).unwrap();
+    }
+    std::fs::copy(
+        root.join("wit/switchyard.wit"),
+        dir.path().join("wit/switchyard.wit"),
+    )
+    .unwrap();
+    let workspace = std::fs::read_to_string(root.join("plugins/Cargo.toml")).unwrap();
+    let start = workspace.find("members = [").unwrap();
+    let end = start + workspace[start..].find(']').unwrap() + 1;
+    let workspace = format!(
+        "{}members = [\"sdk\"]{}",
+        &workspace[..start],
+        &workspace[end..]
+    );
+    std::fs::write(plugins.join("Cargo.toml"), workspace).unwrap();
+    // Share the repository's target dir so the dependencies are built once.
+    std::fs::create_dir_all(dir.path().join(".cargo")).unwrap();
+    std::fs::write(
+        dir.path().join(".cargo/config.toml"),
+        format!(
+            "[build]\ntarget-dir = \"{}\"\n",
+            root.join("plugins/target").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("plugins.toml"),
+        "[host]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let manifest = dir.path().join("plugins.toml");
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(&manifest)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&["new", "demo"]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["new", "demo"]);
+    assert!(!ok && text.contains("already has [modules.demo]"), "{text}");
+    // The artifact is where the shared target dir (above) puts it.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("artifact = \"plugins/target/wasm32-wasip2/release/demo.wasm\""), "{text}");
+    let shared = root.join("plugins/target/wasm32-wasip2/release/demo.wasm");
+    let text = text.replace("plugins/target/wasm32-wasip2/release/demo.wasm", &shared.display().to_string());
+    std::fs::write(&manifest, text).unwrap();
+    let (ok, text) = run(&["build"]);
+    assert!(ok, "{text}");
+
+    let manifest = switchyard::manifest::Manifest::load(&manifest).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = switchyard::server::start(manifest, listener).await.unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/v1/topics/demo/create", host.addr());
+    let response = client
+        .post(&url)
+        .body(r#"{"id":"a","note":"hello"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        answer["output"],
+        serde_json::json!({"id": "a", "note": "hello"})
+    );
+    assert_eq!(answer["events"][0]["topic"], "demo.events");
+    host.stop().await;
+}

