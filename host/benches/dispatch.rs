@@ -27,7 +27,9 @@ const BARE_CALLS: usize = 5_000;
 const CONCURRENCY: usize = 32;
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run())
 }
 
@@ -47,19 +49,30 @@ async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("plugins"))?;
     std::fs::copy(&wasm, dir.path().join("plugins/inventory.wasm"))?;
-    let manifest_text = "[modules.inventory]\nfile = \"inventory.wasm\"\nemits = [\"inventory.events\"]\n";
+    let manifest_text =
+        "[modules.inventory]\nfile = \"inventory.wasm\"\nemits = [\"inventory.events\"]\n";
     let manifest = Manifest::parse(&dir.path().join("plugins.toml"), manifest_text)?;
 
     let store = Store::connect(&manifest.host.database).await?;
     let engine = Arc::new(Engine::new()?);
     let registry = Arc::new(Registry::default());
     let routes = registry.load(&engine, &manifest, None).await;
-    anyhow::ensure!(routes.problems.is_empty(), "load problems: {:?}", routes.problems);
-    let module = routes.modules.get("inventory").cloned().context("inventory loaded")?;
+    anyhow::ensure!(
+        routes.problems.is_empty(),
+        "load problems: {:?}",
+        routes.problems
+    );
+    let module = routes
+        .modules
+        .get("inventory")
+        .cloned()
+        .context("inventory loaded")?;
     registry.replace(routes);
     let dispatcher = Arc::new(Dispatcher::new(engine.clone(), store.clone(), registry));
 
-    println!("dispatch benchmark: inventory/restock, {MESSAGES} messages per round, median of {ROUNDS} rounds");
+    println!(
+        "dispatch benchmark: inventory/restock, {MESSAGES} messages per round, median of {ROUNDS} rounds"
+    );
     let bare = median(ROUNDS, || bare_call(&engine, &module)).await;
     println!(
         "  bare instantiate + handle (no store call):   {:>8.1} us/msg  {:>9.0} msgs/s",
@@ -122,11 +135,22 @@ async fn bare_call(engine: &Engine, module: &LoadedModule) -> Duration {
         headers: Vec::new(),
         body: "{}".into(),
     };
-    let grants = Arc::new(Grants { name: "inventory".into(), ..Grants::default() });
+    let grants = Arc::new(Grants {
+        name: "inventory".into(),
+        ..Grants::default()
+    });
     let start = Instant::now();
     for _ in 0..BARE_CALLS {
-        let mut store = engine.new_store(UnitOfWork::detached(grants.clone()), 64, Duration::from_secs(2));
-        let guest = module.pre.instantiate_async(&mut store).await.expect("instantiate");
+        let mut store = engine.new_store(
+            UnitOfWork::detached(grants.clone()),
+            64,
+            Duration::from_secs(2),
+        );
+        let guest = module
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiate");
         let answer = guest.call_handle(&mut store, &message).await.expect("call");
         assert!(answer.is_err());
     }
@@ -135,11 +159,22 @@ async fn bare_call(engine: &Engine, module: &LoadedModule) -> Duration {
 
 fn restock(round: usize, i: usize) -> Envelope {
     let body = format!(r#"{{"sku":"sku-{round}-{i}","qty":3}}"#);
-    Envelope::new(envelope::new_id(), "inventory".into(), "restock".into(), BTreeMap::new(), &body)
-        .expect("valid envelope")
+    Envelope::new(
+        envelope::new_id(),
+        "inventory".into(),
+        "restock".into(),
+        BTreeMap::new(),
+        &body,
+    )
+    .expect("valid envelope")
 }
 
-async fn wasm_round(dispatcher: Arc<Dispatcher>, module: Arc<LoadedModule>, round: usize, concurrency: usize) -> Duration {
+async fn wasm_round(
+    dispatcher: Arc<Dispatcher>,
+    module: Arc<LoadedModule>,
+    round: usize,
+    concurrency: usize,
+) -> Duration {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..concurrency {
@@ -171,27 +206,61 @@ async fn native_restock(store: &Store, envelope: &Envelope) {
         sku: String,
         available: u64,
     }
-    assert!(store.inbox_answer("native", &envelope.id).await.expect("inbox").is_none());
+    assert!(
+        store
+            .inbox_answer("native", &envelope.id)
+            .await
+            .expect("inbox")
+            .is_none()
+    );
     let cmd: Restock = serde_json::from_str(envelope.body_text()).expect("body");
     let current = store.get("native", "stock", &cmd.sku).await.expect("get");
     let (available, version) = match current {
-        Some(d) => (serde_json::from_str::<Stock>(&d.value).expect("stock").available, d.version),
+        Some(d) => (
+            serde_json::from_str::<Stock>(&d.value)
+                .expect("stock")
+                .available,
+            d.version,
+        ),
         None => (0, 0),
     };
-    let stock = Stock { sku: cmd.sku.clone(), available: available + cmd.qty };
+    let stock = Stock {
+        sku: cmd.sku.clone(),
+        available: available + cmd.qty,
+    };
     let value = serde_json::to_string(&stock).expect("json");
     let mut headers = BTreeMap::new();
     headers.insert("correlation-id".to_string(), envelope.id.clone());
     headers.insert("causation-id".to_string(), envelope.id.clone());
     headers.insert("timestamp".to_string(), envelope::now_rfc3339());
     headers.insert("partition-key".to_string(), cmd.sku.clone());
-    let body = format!(r#"{{"sku":"{}","qty":{},"available":{}}}"#, cmd.sku, cmd.qty, stock.available);
-    let event = Envelope::new(envelope::new_id(), "inventory.events".into(), "restocked".into(), headers, &body)
-        .expect("event");
+    let body = format!(
+        r#"{{"sku":"{}","qty":{},"available":{}}}"#,
+        cmd.sku, cmd.qty, stock.available
+    );
+    let event = Envelope::new(
+        envelope::new_id(),
+        "inventory.events".into(),
+        "restocked".into(),
+        headers,
+        &body,
+    )
+    .expect("event");
     let answer = format!(r#"{{"output":{value},"events":[{}]}}"#, event.to_json());
-    let writes = [Write::Put { collection: "stock".into(), key: cmd.sku, value, base_version: version }];
+    let writes = [Write::Put {
+        collection: "stock".into(),
+        key: cmd.sku,
+        value,
+        base_version: version,
+    }];
     let events = [event];
-    let commit = Commit { module: "native", message_id: &envelope.id, answer: &answer, writes: &writes, events: &events };
+    let commit = Commit {
+        module: "native",
+        message_id: &envelope.id,
+        answer: &answer,
+        writes: &writes,
+        events: &events,
+    };
     store.commit(&commit).await.expect("commit");
 }
 

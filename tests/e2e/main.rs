@@ -7,4 +7,5 @@ mod support;
 mod cli;
 mod concurrency;
 mod failures;
+mod reload;
 mod saga;
