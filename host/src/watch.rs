@@ -185,3 +185,55 @@ fn watch(watcher: &mut RecommendedWatcher, path: &Path, quiet: bool) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, ModifyKind, RenameMode};
+
+    use super::*;
+
+    fn watched() -> Watched {
+        Watched {
+            plugins_dir: PathBuf::from("/srv/app/plugins"),
+            manifest: PathBuf::from("/srv/app/plugins.toml"),
+        }
+    }
+
+    fn event(kind: EventKind, paths: &[&str]) -> Event {
+        paths
+            .iter()
+            .fold(Event::new(kind), |e, p| e.add_path(PathBuf::from(p)))
+    }
+
+    #[test]
+    fn wasm_files_and_the_manifest_count_temporary_files_and_reads_do_not() {
+        let w = watched();
+        let modify = EventKind::Modify(ModifyKind::Any);
+        assert!(w.relevant(&event(modify, &["/srv/app/plugins/orders.wasm"])));
+        assert!(w.relevant(&event(modify, &["/srv/app/plugins.toml"])));
+        // `switchyard build` writes a partial file, then renames it.
+        assert!(!w.relevant(&event(
+            EventKind::Create(CreateKind::File),
+            &["/srv/app/plugins/orders.wasm.partial"]
+        )));
+        assert!(w.relevant(&event(
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            &[
+                "/srv/app/plugins/orders.wasm.partial",
+                "/srv/app/plugins/orders.wasm"
+            ]
+        )));
+        // The host reading a module to load it must not trigger a reload.
+        assert!(!w.relevant(&event(
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            &["/srv/app/plugins/orders.wasm"]
+        )));
+        assert!(w.relevant(&event(
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            &["/srv/app/plugins/orders.wasm"]
+        )));
+        // Neither the database beside the manifest nor a nested folder.
+        assert!(!w.relevant(&event(modify, &["/srv/app/switchyard.db-wal"])));
+        assert!(!w.relevant(&event(modify, &["/srv/app/plugins/old/x.wasm"])));
+    }
+}

@@ -447,12 +447,18 @@ async fn a_new_version_that_fails_its_first_messages_is_rolled_back() {
     );
     assert_eq!(stock(&host, "kiwi").await, 3);
 
-    // A later reload (here: a manifest edit) does not bring the broken bytes
-    // back; a new file does get its chance.
-    edit_manifest(&project, |t| t.replace("backoff-ms = 5", "backoff-ms = 6"));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A later reload (here: for a drop-in added) does not bring the broken
+    // bytes back; a new file does get its chance.
+    install(&project, "slow.wasm", &std::fs::read(wasm("slow")).unwrap());
+    eventually("the drop-in loaded", TAKES_EFFECT, || async {
+        module(&host, "slow")
+            .await
+            .filter(|m| m["status"] == "loaded")
+    })
+    .await;
     let m = module(&host, "inventory").await.unwrap();
     assert_eq!(m["sha256"], good, "{m}");
+    assert_eq!(m["rolled_back_from"], sha256(&broken), "{m}");
     let fixed = variant(&std::fs::read(wasm("inventory")).unwrap(), "fixed");
     install(&project, "inventory.wasm", &fixed);
     let m = serving(&host, "inventory", &sha256(&fixed)).await;
