@@ -1,5 +1,6 @@
 //! Wiring: store, engine, registry, dispatcher, the embedded log, the
-//! plugins watcher and the HTTP server, started together and drained together on shutdown.
+//! plugins watcher and the HTTP server, started together and drained
+//! together on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
