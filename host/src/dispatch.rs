@@ -14,7 +14,7 @@ use tracing::Instrument;
 use crate::engine::bindings::switchyard::module::types as wit;
 use crate::engine::{EPOCH_TICK, Engine, POOL_INSTANCES};
 use crate::envelope::{self, CAUSATION_ID, CORRELATION_ID, Envelope, PARTITION_KEY, TIMESTAMP};
-use crate::registry::{LoadedModule, Registry, count};
+use crate::registry::{LoadedModule, Registry, Verdict, count};
 use crate::store::{Commit, DeadLetter, Store, StoreError};
 use crate::uow::{MessageMeta, UnitOfWork};
 
@@ -151,9 +151,26 @@ impl Dispatcher {
             id = %envelope.id,
             correlation_id = %envelope.correlation_id(),
         );
-        self.deliver_with_retries(module, envelope, delivery)
+        let outcome = self
+            .deliver_with_retries(module, envelope, delivery)
             .instrument(span)
-            .await
+            .await;
+        // A version on trial (just reloaded) that fails its first messages
+        // gives its module back to the version it replaced; after the trial
+        // this is two relaxed atomic operations.
+        let verdict = match &outcome {
+            Outcome::Processed(_) => Verdict::Healthy,
+            Outcome::Failed(f) if f.kind.retryable() => Verdict::Failed,
+            Outcome::Duplicate(_) | Outcome::Failed(_) => Verdict::Neutral,
+        };
+        if let Some(previous) = module.judge(verdict) {
+            let why = match &outcome {
+                Outcome::Failed(f) => format!("{}: {}", f.kind.as_str(), f.message),
+                _ => String::new(),
+            };
+            self.registry.roll_back(module, previous, &why).await;
+        }
+        outcome
     }
 
     async fn deliver_with_retries(

@@ -129,6 +129,49 @@ impl Engine {
             .map_err(|e| EngineError::Compile(format!("{e:#}")))
     }
 
+    /// Identifies this engine's compiled-code format: wasmtime's own
+    /// compatibility hash (version, target, settings) as hex, so cached
+    /// artifacts of another build or configuration are never looked up.
+    pub fn compatibility_key(&self) -> String {
+        use sha2::Digest;
+        use std::hash::Hash;
+        /// Feeds `Hash` bytes into SHA-256: stable across processes, unlike
+        /// `DefaultHasher`, so the key names the same files after a restart.
+        struct Sha(sha2::Sha256);
+        impl std::hash::Hasher for Sha {
+            fn finish(&self) -> u64 {
+                0
+            }
+            fn write(&mut self, bytes: &[u8]) {
+                self.0.update(bytes);
+            }
+        }
+        let mut sha = Sha(sha2::Sha256::new());
+        self.engine.precompile_compatibility_hash().hash(&mut sha);
+        let digest = sha.0.finalize();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The compiled form of `component`, for the artifact cache.
+    pub fn serialize(&self, component: &Component) -> Result<Vec<u8>, EngineError> {
+        component
+            .serialize()
+            .map_err(|e| EngineError::Compile(format!("{e:#}")))
+    }
+
+    /// Loads a component this host compiled earlier (see [`crate::cache`]).
+    pub fn load_compiled(&self, path: &std::path::Path) -> Result<Component, EngineError> {
+        // SAFETY: `deserialize_file` trusts the file to be wasmtime output.
+        // Only the host's own artifact cache is passed here: files the host
+        // wrote (atomically, by rename) under names keyed by the sha256 of the
+        // source component and by `compatibility_key`; wasmtime still checks
+        // the header and refuses an artifact of another version or config.
+        // The cache folder must be as trusted as the host binary itself.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize_file(&self.engine, path) };
+        component.map_err(|e| EngineError::Compile(format!("{e:#}")))
+    }
+
     /// Links a component against the world, once per loaded module.
     pub fn prepare(&self, component: &Component) -> Result<GuestPre<HostState>, EngineError> {
         let pre = self

@@ -6,7 +6,10 @@
 //! - [`ingress`]: HTTP, Redis Streams and the embedded log turn input into envelopes;
 //! - [`relay`]: committed outbox events -> their topics' streams;
 //! - [`envelope`]: the message format and its validation;
-//! - [`registry`]: loaded modules and the topic -> module routes;
+//! - [`registry`]: loaded modules and the topic -> module routes, swapped
+//!   on reload, with rollback of a new version that fails its first messages;
+//! - [`watch`]: hot reload: the plugins folder and plugins.toml -> registry;
+//! - [`cache`]: compiled components on disk, keyed by sha256 and engine;
 //! - [`dispatch`]: one message through one module: fresh instance, `handle`,
 //!   commit, retries, failure events and dead letters;
 //! - [`engine`]: wasmtime (pooling allocator, epoch deadlines, memory caps);
@@ -17,6 +20,7 @@
 //! - [`server`]: wiring and shutdown; [`cli`]: the command line.
 
 pub mod builder;
+pub mod cache;
 pub mod capabilities;
 pub mod cli;
 pub mod dispatch;
@@ -29,3 +33,4 @@ pub mod relay;
 pub mod server;
 pub mod store;
 pub mod uow;
+pub mod watch;

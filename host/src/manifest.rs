@@ -25,6 +25,12 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_BACKOFF_MS: u64 = 100;
 /// Upper bound of `max-memory-mb` (the pooling allocator reserves this much per slot).
 pub const MAX_MEMORY_MB_LIMIT: u64 = 4_096;
+/// Compiled components are kept here (relative to the manifest's folder), so
+/// a restart or a re-added module skips Cranelift.
+pub const DEFAULT_CACHE_DIR: &str = ".switchyard/cache";
+/// A reloaded version that fails each of its first this-many messages is
+/// replaced by the version it replaced (0 = never roll back).
+pub const DEFAULT_ROLLBACK_AFTER: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -67,6 +73,10 @@ pub struct HostSettings {
     /// Name of the environment variable holding the admin bearer token.
     pub admin_token_env: Option<String>,
     pub max_body_bytes: usize,
+    /// Compiled-component cache folder (absolute).
+    pub cache_dir: PathBuf,
+    /// Default of `modules.*.rollback-after`.
+    pub rollback_after: u32,
 }
 
 /// `[redis]`: Redis Streams as ingress and event transport.
@@ -145,8 +155,9 @@ fn default_group() -> String {
     "switchyard".to_string()
 }
 
-/// One `[modules.NAME]` table.
-#[derive(Debug, Clone, Deserialize)]
+/// One `[modules.NAME]` table. Compared on reload: an unchanged entry with
+/// an unchanged file keeps its loaded module.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ModuleEntry {
     /// The component, relative to `plugins-dir`.
@@ -178,6 +189,9 @@ pub struct ModuleEntry {
     pub max_attempts: u32,
     #[serde(default = "default_backoff_ms")]
     pub backoff_ms: u64,
+    /// Overrides `host.rollback-after` for this module.
+    #[serde(default)]
+    pub rollback_after: Option<u32>,
     /// Handed to the module through the `config` import.
     #[serde(default)]
     pub config: toml::Table,
@@ -217,6 +231,8 @@ struct RawHost {
     strict: bool,
     admin_token_env: Option<String>,
     max_body_bytes: Option<usize>,
+    cache_dir: Option<String>,
+    rollback_after: Option<u32>,
 }
 
 impl Manifest {
@@ -266,6 +282,8 @@ impl Manifest {
             strict: raw.host.strict,
             admin_token_env: raw.host.admin_token_env,
             max_body_bytes: raw.host.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            cache_dir: dir.join(raw.host.cache_dir.as_deref().unwrap_or(DEFAULT_CACHE_DIR)),
+            rollback_after: raw.host.rollback_after.unwrap_or(DEFAULT_ROLLBACK_AFTER),
         };
 
         for (name, entry) in &raw.modules {

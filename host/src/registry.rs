@@ -1,16 +1,19 @@
 //! Loaded modules and the routing table: each command topic to its one owner,
 //! each event topic to its subscribers. Routes are resolved at load time (a
-//! second owner of a command topic is refused then) and swapped as a whole.
+//! second owner of a command topic is refused then) and swapped as a whole;
+//! a reload recompiles only what changed, and a new version that fails its
+//! first messages is rolled back to the version it replaced.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::cache::ArtifactCache;
 use crate::engine::{Engine, GuestPre, HostState};
 use crate::envelope::check_name;
 use crate::manifest::{
@@ -51,6 +54,48 @@ pub struct Limits {
     pub backoff: Duration,
 }
 
+/// What one message's outcome says about the version that handled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Committed: the version works.
+    Healthy,
+    /// Trapped, timed out or stayed transient through every attempt.
+    Failed,
+    /// Says nothing about the code (duplicate, bad input, store down).
+    Neutral,
+}
+
+/// A freshly reloaded version on trial: until its first healthy message it
+/// keeps the version it replaced, and gives it back if its first
+/// `window` messages all fail.
+pub struct Probation {
+    /// True while on trial: the per-message cost after the trial is one
+    /// relaxed load.
+    armed: AtomicBool,
+    window: u32,
+    failures: AtomicU32,
+    previous: Mutex<Option<Arc<LoadedModule>>>,
+}
+
+impl Probation {
+    /// Not armed until [`LoadedModule::arm`].
+    fn new(window: u32) -> Self {
+        Self {
+            armed: AtomicBool::new(false),
+            window,
+            failures: AtomicU32::new(0),
+            previous: Mutex::new(None),
+        }
+    }
+
+    fn take_previous(&self) -> Option<Arc<LoadedModule>> {
+        match self.previous.lock() {
+            Ok(mut p) => p.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+}
+
 pub struct LoadedModule {
     pub name: String,
     pub version: String,
@@ -64,6 +109,16 @@ pub struct LoadedModule {
     pub grants: Arc<Grants>,
     pub pre: GuestPre<HostState>,
     pub stats: Arc<ModuleStats>,
+    /// The manifest entry it was loaded with: a reload keeps this module
+    /// as it is when the entry and the file's sha256 are unchanged.
+    pub entry: Option<ModuleEntry>,
+    /// Messages a new version may fail in a row, from its first, before it is
+    /// rolled back (0 = never).
+    pub rollback_after: u32,
+    /// Messages of this version (not of the module) that went well / badly.
+    ok: AtomicU64,
+    bad: AtomicU64,
+    probation: Probation,
 }
 
 impl LoadedModule {
@@ -76,6 +131,62 @@ impl LoadedModule {
             }
         }
         topics
+    }
+
+    /// A version is healthy unless every message it has seen failed.
+    fn healthy(&self) -> bool {
+        self.ok.load(Ordering::Relaxed) > 0 || self.bad.load(Ordering::Relaxed) == 0
+    }
+
+    /// Records one message's outcome. Returns the version to roll back to
+    /// when this one has just failed the first `rollback_after` messages of
+    /// its trial (only one caller ever gets it).
+    pub fn judge(&self, verdict: Verdict) -> Option<Arc<LoadedModule>> {
+        match verdict {
+            Verdict::Neutral => return None,
+            Verdict::Healthy => self.ok.fetch_add(1, Ordering::Relaxed),
+            Verdict::Failed => self.bad.fetch_add(1, Ordering::Relaxed),
+        };
+        let trial = &self.probation;
+        if !trial.armed.load(Ordering::Relaxed) {
+            return None;
+        }
+        match verdict {
+            Verdict::Healthy => {
+                if trial.armed.swap(false, Ordering::AcqRel) {
+                    // Trial passed: the old version is no longer needed.
+                    drop(trial.take_previous());
+                    tracing::info!(module = %self.name, sha256 = %self.sha256, "new version handled its first message");
+                }
+                None
+            }
+            Verdict::Failed => {
+                let failures = trial.failures.fetch_add(1, Ordering::AcqRel) + 1;
+                if failures >= trial.window && trial.armed.swap(false, Ordering::AcqRel) {
+                    trial.take_previous()
+                } else {
+                    None
+                }
+            }
+            Verdict::Neutral => None,
+        }
+    }
+
+    /// Puts this new version on trial against `previous` (the version it
+    /// replaces), if rollback is on and `previous` was serving well.
+    fn arm(&self, previous: &Arc<LoadedModule>) {
+        if self.rollback_after == 0 || !previous.healthy() {
+            return;
+        }
+        // One level only: the version being replaced gives up its own
+        // predecessor, so chains of old versions are never kept alive.
+        previous.probation.armed.store(false, Ordering::Release);
+        drop(previous.probation.take_previous());
+        match self.probation.previous.lock() {
+            Ok(mut p) => *p = Some(previous.clone()),
+            Err(poisoned) => *poisoned.into_inner() = Some(previous.clone()),
+        }
+        self.probation.armed.store(true, Ordering::Release);
     }
 }
 
@@ -94,6 +205,17 @@ pub struct Routes {
     pub commands: HashMap<String, Arc<LoadedModule>>,
     pub subscribers: HashMap<String, Vec<Arc<LoadedModule>>>,
     pub problems: Vec<LoadProblem>,
+    /// Module name -> sha256 of the version that was rolled back (and is
+    /// not loaded again until its file changes).
+    pub rolled_back: BTreeMap<String, String>,
+}
+
+/// A version that was rolled back, remembered so a later reload does not
+/// bring the same bytes back.
+#[derive(Debug, Clone)]
+struct Rejected {
+    sha256: String,
+    message: String,
 }
 
 /// The live routing table, replaced whole on reload.
@@ -101,6 +223,41 @@ pub struct Routes {
 pub struct Registry {
     routes: RwLock<Arc<Routes>>,
     stats: Mutex<HashMap<String, Arc<ModuleStats>>>,
+    /// One swap at a time: reloads and rollbacks are serialised, so neither
+    /// overwrites the other's result with a stale table.
+    swaps: tokio::sync::Mutex<()>,
+    /// Rolled-back versions by file.
+    rejected: Mutex<HashMap<PathBuf, Rejected>>,
+    /// Why the last reload could not read plugins.toml (nothing changed then).
+    manifest_error: Mutex<Option<String>>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// What loading one file gave.
+#[derive(Default)]
+struct FileLoad {
+    /// The version to serve: new, kept from before, or none.
+    module: Option<Arc<LoadedModule>>,
+    problem: Option<String>,
+    /// Set when the file holds a version that was rolled back: its sha256.
+    rolled_back: Option<String>,
+}
+
+impl FileLoad {
+    /// The new file failed: the version that served before keeps serving.
+    fn keep(old: Option<&Arc<LoadedModule>>, problem: String) -> Self {
+        Self {
+            module: old.cloned(),
+            problem: Some(problem),
+            rolled_back: None,
+        }
+    }
 }
 
 impl Registry {
@@ -119,42 +276,72 @@ impl Registry {
         }
     }
 
+    /// Hold this from reading the current table until replacing it: reloads
+    /// and rollbacks run one at a time.
+    pub async fn lock_swaps(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.swaps.lock().await
+    }
+
+    /// Why the last reload could not use plugins.toml, if it could not.
+    pub fn manifest_error(&self) -> Option<String> {
+        locked(&self.manifest_error).clone()
+    }
+
+    pub fn set_manifest_error(&self, error: Option<String>) {
+        *locked(&self.manifest_error) = error;
+    }
+
     fn stats_for(&self, module: &str) -> Arc<ModuleStats> {
-        let mut stats = match self.stats.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        stats.entry(module.to_string()).or_default().clone()
+        locked(&self.stats)
+            .entry(module.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Loads every module the manifest names and every drop-in `*.wasm` of
-    /// the plugins folder, and resolves the routes.
-    /// A module that fails to load keeps its `previous` version serving.
+    /// the plugins folder, and resolves the routes. Against `previous`, only
+    /// what changed is loaded again: a module whose file (sha256) and
+    /// manifest entry are unchanged keeps its loaded version, and one that
+    /// fails to load keeps its previous version serving. A removed file
+    /// unloads its module.
     pub async fn load(
         &self,
         engine: &Arc<Engine>,
         manifest: &Manifest,
         previous: Option<&Routes>,
     ) -> Routes {
-        let keep = |name: &str| previous.and_then(|p| p.modules.get(name)).cloned();
+        let cache = ArtifactCache::new(&manifest.host.cache_dir, engine);
         let mut loaded: Vec<Arc<LoadedModule>> = Vec::new();
         let mut problems = Vec::new();
+        let mut rolled_back = BTreeMap::new();
         let dir = &manifest.host.plugins_dir;
 
         for (name, entry) in &manifest.modules {
             let file = dir.join(&entry.file);
-            match self.load_one(engine, name, Some(entry), &file).await {
-                Ok(m) => loaded.push(Arc::new(m)),
-                Err(message) => {
-                    if let Some(old) = keep(name) {
-                        loaded.push(old);
-                    }
-                    problems.push(LoadProblem {
-                        module: name.clone(),
-                        file,
-                        message,
-                    });
-                }
+            let old = previous.and_then(|p| p.modules.get(name));
+            let window = entry.rollback_after.unwrap_or(manifest.host.rollback_after);
+            let result = self
+                .load_file(
+                    engine,
+                    &cache,
+                    name,
+                    Some(entry),
+                    window,
+                    &file,
+                    old,
+                    previous,
+                )
+                .await;
+            loaded.extend(result.module);
+            if let Some(sha) = result.rolled_back {
+                rolled_back.insert(name.clone(), sha);
+            }
+            if let Some(message) = result.problem {
+                problems.push(LoadProblem {
+                    module: name.clone(),
+                    file,
+                    message,
+                });
             }
         }
 
@@ -171,85 +358,236 @@ impl Registry {
                 });
                 continue;
             }
-            match self.load_one(engine, &stem, None, &file).await {
-                Ok(m)
-                    if manifest.modules.contains_key(&m.name)
-                        || loaded.iter().any(|l| l.name == m.name) =>
+            let old = previous.and_then(|p| p.modules.values().find(|m| m.file == file));
+            let result = self
+                .load_file(
+                    engine,
+                    &cache,
+                    &stem,
+                    None,
+                    manifest.host.rollback_after,
+                    &file,
+                    old,
+                    previous,
+                )
+                .await;
+            let label = result
+                .module
+                .as_ref()
+                .or(old)
+                .map_or(stem, |m| m.name.clone());
+            if let Some(m) = result.module {
+                if manifest.modules.contains_key(&m.name) || loaded.iter().any(|l| l.name == m.name)
                 {
                     problems.push(LoadProblem {
                         module: m.name.clone(),
-                        file,
+                        file: file.clone(),
                         message: format!("a module named '{}' is already loaded", m.name),
                     });
+                } else {
+                    loaded.push(m);
                 }
-                Ok(m) => loaded.push(Arc::new(m)),
-                Err(message) => {
-                    let old =
-                        previous.and_then(|p| p.modules.values().find(|m| m.file == file).cloned());
-                    loaded.extend(old);
-                    problems.push(LoadProblem {
-                        module: stem,
-                        file,
-                        message,
-                    });
-                }
+            }
+            if let Some(sha) = result.rolled_back {
+                rolled_back.insert(label.clone(), sha);
+            }
+            if let Some(message) = result.problem {
+                problems.push(LoadProblem {
+                    module: label,
+                    file,
+                    message,
+                });
             }
         }
 
-        let mut routes = Routes::default();
-        'modules: for module in loaded {
-            for topic in &module.topics {
-                if let Some(owner) = routes.commands.get(topic) {
-                    problems.push(LoadProblem {
-                        module: module.name.clone(),
-                        file: module.file.clone(),
-                        message: format!(
-                            "command topic '{topic}' is already owned by module '{}'; refused",
-                            owner.name
-                        ),
-                    });
-                    continue 'modules;
-                }
-            }
-            for topic in &module.topics {
-                routes.commands.insert(topic.clone(), module.clone());
-            }
-            for topic in &module.subscribes {
-                routes
-                    .subscribers
-                    .entry(topic.clone())
-                    .or_default()
-                    .push(module.clone());
-            }
-            routes.modules.insert(module.name.clone(), module);
-        }
+        let mut routes = resolve(loaded, previous, &mut problems);
         for p in &problems {
             tracing::error!(module = %p.module, file = %p.file.display(), "{}", p.message);
         }
         routes.problems = problems;
+        routes.rolled_back = rolled_back;
         routes
     }
 
+    /// Loads one file unless it is unchanged; see [`Registry::load`].
+    #[allow(clippy::too_many_arguments)]
+    async fn load_file(
+        &self,
+        engine: &Arc<Engine>,
+        cache: &ArtifactCache,
+        name: &str,
+        entry: Option<&ModuleEntry>,
+        rollback_after: u32,
+        file: &Path,
+        old: Option<&Arc<LoadedModule>>,
+        previous: Option<&Routes>,
+    ) -> FileLoad {
+        let bytes = match tokio::fs::read(file).await {
+            Ok(bytes) => bytes,
+            // Removed: the module stops serving (its topics answer 404).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return FileLoad {
+                    problem: Some(format!(
+                        "{} not found (run `switchyard build`?)",
+                        file.display()
+                    )),
+                    ..FileLoad::default()
+                };
+            }
+            Err(e) => return FileLoad::keep(old, format!("cannot read {}: {e}", file.display())),
+        };
+        let sha256 = hex(&Sha256::digest(&bytes));
+        {
+            let mut rejected = locked(&self.rejected);
+            match rejected.get(file) {
+                Some(r) if r.sha256 == sha256 => {
+                    return FileLoad {
+                        module: old.cloned(),
+                        problem: Some(r.message.clone()),
+                        rolled_back: Some(sha256),
+                    };
+                }
+                // A new file: it gets its own chance.
+                Some(_) => {
+                    rejected.remove(file);
+                }
+                None => {}
+            }
+        }
+        if let Some(old) = old
+            && old.sha256 == sha256
+            && old.file == file
+            && old.entry.as_ref() == entry
+            && old.rollback_after == rollback_after
+        {
+            return FileLoad {
+                module: Some(old.clone()),
+                ..FileLoad::default()
+            };
+        }
+        // Same bytes already compiled and linked (e.g. only the manifest
+        // entry changed): no need to compile again.
+        let linked = previous
+            .and_then(|p| p.modules.values().find(|m| m.sha256 == sha256))
+            .map(|m| m.pre.clone());
+        match self
+            .load_one(
+                engine,
+                cache,
+                name,
+                entry,
+                rollback_after,
+                file,
+                bytes,
+                sha256,
+                linked,
+            )
+            .await
+        {
+            Ok(module) => {
+                let module = Arc::new(module);
+                if let Some(old) = old
+                    && old.sha256 != module.sha256
+                {
+                    module.arm(old);
+                }
+                FileLoad {
+                    module: Some(module),
+                    ..FileLoad::default()
+                }
+            }
+            Err(message) => FileLoad::keep(old, message),
+        }
+    }
+
+    /// Gives `failing`'s module back to `to` (the version it replaced), and
+    /// remembers `failing`'s bytes so later reloads leave them out until the
+    /// file changes. Does nothing when `failing` is no longer serving.
+    pub async fn roll_back(&self, failing: &Arc<LoadedModule>, to: Arc<LoadedModule>, why: &str) {
+        let _one = self.lock_swaps().await;
+        let current = self.routes();
+        match current.modules.get(&failing.name) {
+            Some(now) if Arc::ptr_eq(now, failing) => {}
+            _ => return,
+        }
+        let message = format!(
+            "version {} (sha256 {}) failed each of its first {} messages (last: {why}); rolled back to version {} (sha256 {}); replace the file to try again",
+            failing.version, failing.sha256, failing.rollback_after, to.version, to.sha256
+        );
+        tracing::error!(module = %failing.name, file = %failing.file.display(), "{message}");
+        locked(&self.rejected).insert(
+            failing.file.clone(),
+            Rejected {
+                sha256: failing.sha256.clone(),
+                message: message.clone(),
+            },
+        );
+        let loaded = current
+            .modules
+            .values()
+            .map(|m| {
+                if Arc::ptr_eq(m, failing) {
+                    to.clone()
+                } else {
+                    m.clone()
+                }
+            })
+            .collect();
+        let mut problems: Vec<LoadProblem> = current
+            .problems
+            .iter()
+            .filter(|p| p.module != failing.name)
+            .cloned()
+            .collect();
+        problems.push(LoadProblem {
+            module: failing.name.clone(),
+            file: failing.file.clone(),
+            message,
+        });
+        let mut routes = resolve(loaded, Some(&current), &mut problems);
+        routes.problems = problems;
+        routes.rolled_back = current.rolled_back.clone();
+        routes
+            .rolled_back
+            .insert(failing.name.clone(), failing.sha256.clone());
+        self.replace(routes);
+    }
+
+    /// Compiles (or takes from the cache, or reuses `linked`), links and
+    /// describes one component.
+    #[allow(clippy::too_many_arguments)]
     async fn load_one(
         &self,
         engine: &Arc<Engine>,
+        cache: &ArtifactCache,
         name: &str,
         entry: Option<&ModuleEntry>,
+        rollback_after: u32,
         file: &Path,
+        bytes: Vec<u8>,
+        sha256: String,
+        linked: Option<GuestPre<HostState>>,
     ) -> Result<LoadedModule, String> {
-        let bytes = tokio::fs::read(file).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                format!("{} not found (run `switchyard build`?)", file.display())
+        let (pre, how) = match linked {
+            Some(pre) => (pre, "reused"),
+            None => {
+                let compiler = engine.clone();
+                let cache = cache.clone();
+                let sha = sha256.clone();
+                let (component, how) = tokio::task::spawn_blocking(move || {
+                    if let Some(c) = cache.get(&compiler, &sha) {
+                        return Ok((c, "cache"));
+                    }
+                    let c = compiler.compile(&bytes)?;
+                    cache.put(&compiler, &sha, &c);
+                    Ok::<_, crate::engine::EngineError>((c, "compiled"))
+                })
+                .await
+                .map_err(|e| format!("compiler task failed: {e}"))?
+                .map_err(|e| e.to_string())?;
+                (engine.prepare(&component).map_err(|e| e.to_string())?, how)
             }
-            _ => format!("cannot read {}: {e}", file.display()),
-        })?;
-        let sha256 = hex(&Sha256::digest(&bytes));
-        let compiler = engine.clone();
-        let component = tokio::task::spawn_blocking(move || compiler.compile(&bytes))
-            .await
-            .map_err(|e| format!("compiler task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
-        let pre = engine.prepare(&component).map_err(|e| e.to_string())?;
+        };
 
         let limits = Limits {
             max_memory_mb: entry.map_or(DEFAULT_MAX_MEMORY_MB, |e| e.max_memory_mb),
@@ -317,7 +655,7 @@ impl Registry {
             reads: entry.map(|e| e.reads.clone()).unwrap_or_default(),
             config,
         });
-        tracing::info!(module = %name, version = %descriptor.version, %sha256, ?topics, ?subscribes, "module loaded");
+        tracing::info!(module = %name, version = %descriptor.version, %sha256, code = how, ?topics, ?subscribes, "module loaded");
         Ok(LoadedModule {
             stats: self.stats_for(&name),
             name,
@@ -335,8 +673,78 @@ impl Registry {
             limits,
             grants,
             pre,
+            entry: entry.cloned(),
+            rollback_after,
+            ok: AtomicU64::new(0),
+            bad: AtomicU64::new(0),
+            probation: Probation::new(rollback_after),
         })
     }
+}
+
+/// Builds the routing table. When two modules claim one command topic, the
+/// module that owned it in `previous` keeps it; a refused module falls back
+/// to its previous version if that still fits.
+fn resolve(
+    mut loaded: Vec<Arc<LoadedModule>>,
+    previous: Option<&Routes>,
+    problems: &mut Vec<LoadProblem>,
+) -> Routes {
+    let challenger = |m: &LoadedModule| {
+        previous.is_some_and(|p| {
+            m.topics
+                .iter()
+                .any(|t| p.commands.get(t).is_some_and(|owner| owner.name != m.name))
+        })
+    };
+    // Stable: incumbents first, otherwise load order.
+    loaded.sort_by_key(|m| challenger(m));
+    let mut routes = Routes::default();
+    for module in loaded {
+        let Some((topic, owner)) = conflict(&routes, &module) else {
+            insert(&mut routes, module);
+            continue;
+        };
+        problems.push(LoadProblem {
+            module: module.name.clone(),
+            file: module.file.clone(),
+            message: format!(
+                "command topic '{topic}' is already owned by module '{owner}'; refused"
+            ),
+        });
+        if let Some(old) = previous.and_then(|p| p.modules.get(&module.name))
+            && !Arc::ptr_eq(old, &module)
+            && !routes.modules.contains_key(&old.name)
+            && conflict(&routes, old).is_none()
+        {
+            insert(&mut routes, old.clone());
+        }
+    }
+    routes
+}
+
+/// The first command topic of `module` that another module owns already.
+fn conflict(routes: &Routes, module: &LoadedModule) -> Option<(String, String)> {
+    module.topics.iter().find_map(|t| {
+        routes
+            .commands
+            .get(t)
+            .map(|owner| (t.clone(), owner.name.clone()))
+    })
+}
+
+fn insert(routes: &mut Routes, module: Arc<LoadedModule>) {
+    for topic in &module.topics {
+        routes.commands.insert(topic.clone(), module.clone());
+    }
+    for topic in &module.subscribes {
+        routes
+            .subscribers
+            .entry(topic.clone())
+            .or_default()
+            .push(module.clone());
+    }
+    routes.modules.insert(module.name.clone(), module);
 }
 
 /// `*.wasm` files of the plugins folder that no manifest entry names.

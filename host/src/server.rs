@@ -1,5 +1,6 @@
-//! Wiring: store, engine, registry, dispatcher, the embedded log and the
-//! HTTP server, started together and drained together on shutdown.
+//! Wiring: store, engine, registry, dispatcher, the embedded log, the
+//! plugins watcher and the HTTP server, started together and drained
+//! together on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,14 +23,13 @@ use crate::manifest::{Manifest, ManifestError};
 use crate::registry::{LoadProblem, Registry};
 use crate::relay::{self, Broker};
 use crate::store::Store;
+use crate::watch;
 
 /// Re-reads the manifest and the plugins folder and swaps the routes.
 pub struct Reloader {
     engine: Arc<Engine>,
     registry: Arc<Registry>,
     manifest_path: PathBuf,
-    /// One reload at a time; a second caller waits for the first.
-    lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,9 +39,21 @@ pub struct ReloadSummary {
 }
 
 impl Reloader {
+    /// One reload at a time (and never during a rollback); a manifest that
+    /// does not load changes nothing and is reported on `/v1/modules`.
     pub async fn reload(&self) -> Result<ReloadSummary, ManifestError> {
-        let _one = self.lock.lock().await;
-        let manifest = Manifest::load(&self.manifest_path)?;
+        let _one = self.registry.lock_swaps().await;
+        let manifest = match Manifest::load(&self.manifest_path) {
+            Ok(m) => {
+                self.registry.set_manifest_error(None);
+                m
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "plugins.toml not reloaded; everything stays as it is");
+                self.registry.set_manifest_error(Some(e.to_string()));
+                return Err(e);
+            }
+        };
         let previous = self.registry.routes();
         let routes = self
             .registry
@@ -88,6 +100,11 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         .await
         .with_context(|| format!("opening the database {}", manifest.host.database))?;
     let engine = Arc::new(Engine::new().context("starting the wasm engine")?);
+    // Watching before the first load: a change made meanwhile is not missed.
+    let watcher = watch::FolderWatcher::new(watch::Watched {
+        plugins_dir: manifest.host.plugins_dir.clone(),
+        manifest: manifest.path.clone(),
+    });
     let registry = Arc::new(Registry::default());
     let routes = registry.load(&engine, &manifest, None).await;
     registry.replace(routes);
@@ -138,11 +155,10 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         engine,
         registry,
         manifest_path: manifest.path.clone(),
-        lock: tokio::sync::Mutex::new(()),
     });
     let state = Arc::new(http::ApiState {
         dispatcher: dispatcher.clone(),
-        reloader,
+        reloader: reloader.clone(),
         admin_token,
         brokers,
     });
@@ -181,6 +197,7 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
             tracker.clone(),
         ));
     }
+    tracker.spawn(watcher.run(reloader, shutdown.clone()));
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;

@@ -149,9 +149,15 @@ async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
     assert!(!ok && text.contains("already has [modules.demo]"), "{text}");
     // The artifact is where the shared target dir (above) puts it.
     let text = std::fs::read_to_string(&manifest).unwrap();
-    assert!(text.contains("artifact = \"plugins/target/wasm32-wasip2/release/demo.wasm\""), "{text}");
+    assert!(
+        text.contains("artifact = \"plugins/target/wasm32-wasip2/release/demo.wasm\""),
+        "{text}"
+    );
     let shared = root.join("plugins/target/wasm32-wasip2/release/demo.wasm");
-    let text = text.replace("plugins/target/wasm32-wasip2/release/demo.wasm", &shared.display().to_string());
+    let text = text.replace(
+        "plugins/target/wasm32-wasip2/release/demo.wasm",
+        &shared.display().to_string(),
+    );
     std::fs::write(&manifest, text).unwrap();
     let (ok, text) = run(&["build"]);
     assert!(ok, "{text}");

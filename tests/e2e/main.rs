@@ -10,5 +10,6 @@ mod failures;
 #[cfg(feature = "kafka")]
 mod kafka_topics;
 mod redis_streams;
+mod reload;
 mod saga;
 mod sandbox;

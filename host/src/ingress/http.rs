@@ -228,7 +228,11 @@ fn answer(id: &str, outcome: Outcome) -> Result<Response, ApiError> {
     }
 }
 
-fn module_json(m: &LoadedModule, last_error: Option<&str>) -> serde_json::Value {
+fn module_json(
+    m: &LoadedModule,
+    last_error: Option<&str>,
+    rolled_back_from: Option<&String>,
+) -> serde_json::Value {
     json!({
         "name": m.name,
         "status": "loaded",
@@ -244,6 +248,7 @@ fn module_json(m: &LoadedModule, last_error: Option<&str>) -> serde_json::Value 
         "handled": m.stats.handled.load(std::sync::atomic::Ordering::Relaxed),
         "failed": m.stats.failed.load(std::sync::atomic::Ordering::Relaxed),
         "last_error": last_error,
+        "rolled_back_from": rolled_back_from,
     })
 }
 
@@ -259,7 +264,7 @@ async fn list_modules(State(state): State<Arc<ApiState>>) -> Json<serde_json::Va
     let mut modules: Vec<serde_json::Value> = routes
         .modules
         .values()
-        .map(|m| module_json(m, problem_of(&m.name)))
+        .map(|m| module_json(m, problem_of(&m.name), routes.rolled_back.get(&m.name)))
         .collect();
     for p in routes
         .problems
@@ -270,7 +275,10 @@ async fn list_modules(State(state): State<Arc<ApiState>>) -> Json<serde_json::Va
             json!({"name": p.module, "status": "failed", "file": p.file, "last_error": p.message}),
         );
     }
-    Json(json!({"modules": modules}))
+    Json(json!({
+        "modules": modules,
+        "manifest_error": state.dispatcher.registry.manifest_error(),
+    }))
 }
 
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {

@@ -31,9 +31,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        // Two hosts starting on one new file race to switch it to WAL and
-        // migrate it; SQLite answers the loser "database is locked" at once
-        // (those steps cannot wait on the busy timeout), so try again a while.
+        // Two hosts starting on one file would race to switch it to WAL and
+        // to migrate it (sqlx takes no lock for SQLite migrations): an
+        // exclusive file lock beside the database makes them take turns.
+        let _turn = lock_beside(options.get_filename()).await?;
+        // Another program holding the database may still answer "locked" at
+        // once to these steps (they cannot wait on the busy timeout).
         let mut attempt = 0u32;
         let pool = loop {
             let opened = async {
@@ -364,6 +367,29 @@ impl SqliteStore {
             .await?;
         Ok(())
     }
+}
+
+/// Holds an exclusive lock on `<database>.lock` until dropped.
+async fn lock_beside(database: &std::path::Path) -> Result<Option<std::fs::File>, StoreError> {
+    if database.as_os_str() == ":memory:" {
+        return Ok(None);
+    }
+    let mut path = database.as_os_str().to_owned();
+    path.push(".lock");
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| StoreError::Corrupt(format!("lock task: {e}")))?;
+    locked
+        .map(Some)
+        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))
 }
 
 async fn insert_log(
