@@ -11,7 +11,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
-use crate::support::{EXAMPLES, Project, eventually, try_count};
+use crate::support::{EXAMPLES, Project, eventually, spawn_host, try_count};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -225,20 +225,6 @@ async fn a_poison_value_lands_in_the_dlq_topic_and_the_consumer_keeps_going() {
             .contains("not a JSON envelope")
     );
     host.stop().await;
-}
-
-fn spawn_host(project: &Project, name: &str) -> Child {
-    // Kept beside the test's database, for a look when the test fails.
-    let log = std::fs::File::create(project.dir.path().join(format!("{name}.log"))).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("--config")
-        .arg(project.manifest_path())
-        .args(["up", "--no-build", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start switchyard")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
-use crate::support::{EXAMPLES, FAULTY, Project, eventually, query_count, try_count};
+use crate::support::{EXAMPLES, FAULTY, Project, eventually, query_count, spawn_host, try_count};
 
 const RECORDERS: &str = r#"
 [modules.recorder_a]
@@ -87,6 +87,14 @@ fn field(id: &redis::streams::StreamId, name: &str) -> String {
         .get(name)
         .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
         .unwrap_or_default()
+}
+
+/// Two copies of the recorder fixture, as two modules.
+fn add_recorders(project: &Project) {
+    for copy in ["recorder_a", "recorder_b"] {
+        std::fs::copy(crate::support::wasm("recorder"), project.dir.path().join(format!("plugins/{copy}.wasm")))
+            .unwrap();
+    }
 }
 
 fn project_with(streams: &Streams, modules: &[&str], entries: &str, claim_idle_ms: u64) -> Project {
@@ -295,13 +303,7 @@ async fn fan_out_every_subscriber_gets_every_event_once() {
         &format!("{EXAMPLES}{RECORDERS}"),
         30_000,
     );
-    for copy in ["recorder_a", "recorder_b"] {
-        std::fs::copy(
-            crate::support::wasm("recorder"),
-            project.dir.path().join(format!("plugins/{copy}.wasm")),
-        )
-        .unwrap();
-    }
+    add_recorders(&project);
     let host = project.start().await;
     for i in 0..20 {
         let (status, answer) = host
@@ -342,13 +344,7 @@ async fn same_partition_key_is_handled_in_stream_order() {
         &format!("{EXAMPLES}{RECORDERS}"),
         30_000,
     );
-    for copy in ["recorder_a", "recorder_b"] {
-        std::fs::copy(
-            crate::support::wasm("recorder"),
-            project.dir.path().join(format!("plugins/{copy}.wasm")),
-        )
-        .unwrap();
-    }
+    add_recorders(&project);
     for n in 0..1_000u64 {
         let key = format!("k{}", n % 10);
         let body = json!({"key": key, "n": n}).to_string();
@@ -396,19 +392,6 @@ async fn same_partition_key_is_handled_in_stream_order() {
     host.stop().await;
 }
 
-/// A host as a user runs it: the `switchyard` binary, killed with SIGKILL.
-fn spawn_host(project: &Project) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("--config")
-        .arg(project.manifest_path())
-        .args(["up", "--no-build"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start switchyard")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_then_another_process_finishes_exactly_once() {
     let streams = Streams::new().await;
@@ -439,7 +422,7 @@ async fn sigkill_mid_stream_then_another_process_finishes_exactly_once() {
             .await
             .unwrap_or(0)
     };
-    let mut first = spawn_host(&project);
+    let mut first = spawn_host(&project, "first");
     eventually("some entries applied", Duration::from_secs(60), || async {
         (applied().await >= 300).then_some(())
     })
@@ -451,7 +434,7 @@ async fn sigkill_mid_stream_then_another_process_finishes_exactly_once() {
 
     // A new process (a new consumer in the same group) takes over what the
     // dead one left pending, and reads the rest.
-    let mut second = spawn_host(&project);
+    let mut second = spawn_host(&project, "second");
     eventually("all 5,000 applied", Duration::from_secs(120), || async {
         (applied().await == 5_000).then_some(())
     })

@@ -234,3 +234,18 @@ pub async fn try_count(db_url: &str, sql: &str) -> Option<i64> {
     pool.close().await;
     n
 }
+
+/// A host as a user runs it: the `switchyard` binary (`up --no-build`), its
+/// log kept beside the test's database for a look when a test fails.
+pub fn spawn_host(project: &Project, name: &str) -> std::process::Child {
+    let log = std::fs::File::create(project.dir.path().join(format!("{name}.log"))).expect("log file");
+    std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(project.manifest_path())
+        .args(["up", "--no-build", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start switchyard")
+}

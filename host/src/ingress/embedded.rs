@@ -2,7 +2,6 @@
 //! each module reads the topics it consumes from it in order, with its own
 //! cursor. The inbox makes a redelivery after a crash harmless.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,23 +16,14 @@ const BATCH: u32 = 64;
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Pause after the store failed before reading again.
 const STORE_RETRY: Duration = Duration::from_secs(1);
-/// How often new modules get a reader.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 
 /// Starts one reader per loaded module, and more as modules appear.
 pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken, tracker: TaskTracker) {
-    let mut started: HashSet<String> = HashSet::new();
-    loop {
-        for name in dispatcher.registry.routes().modules.keys() {
-            if started.insert(name.clone()) {
-                tracker.spawn(consume(dispatcher.clone(), name.clone(), shutdown.clone()));
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
-        }
-    }
+    let registry = dispatcher.registry.clone();
+    super::for_each_module(&registry, shutdown.clone(), |name| {
+        tracker.spawn(consume(dispatcher.clone(), name, shutdown.clone()));
+    })
+    .await;
 }
 
 /// Prepares the cursors of the modules loaded now, so a module sees every

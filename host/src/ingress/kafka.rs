@@ -34,7 +34,6 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
 const PARTITION_QUEUE: usize = 256;
 /// Pause before handling a message again after the store failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
-const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 
 /// The host's side of Kafka: producing, topic creation, health.
 pub struct KafkaBus {
@@ -187,24 +186,11 @@ pub async fn run(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut started: HashSet<String> = HashSet::new();
-    loop {
-        for name in dispatcher.registry.routes().modules.keys() {
-            if started.insert(name.clone()) {
-                tracker.spawn(consume(
-                    bus.clone(),
-                    dispatcher.clone(),
-                    name.clone(),
-                    shutdown.clone(),
-                    tracker.clone(),
-                ));
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
-        }
-    }
+    let registry = dispatcher.registry.clone();
+    super::for_each_module(&registry, shutdown.clone(), |name| {
+        tracker.spawn(consume(bus.clone(), dispatcher.clone(), name, shutdown.clone(), tracker.clone()));
+    })
+    .await;
 }
 
 async fn consume(
@@ -223,7 +209,7 @@ async fn consume(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+            _ = tokio::time::sleep(super::SUPERVISE_EVERY) => {}
         }
     };
     let topics = module.consumed_topics();

@@ -27,8 +27,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// First pause after Redis failed; doubled up to `MAX_RECONNECT`.
 const RECONNECT: Duration = Duration::from_millis(200);
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
-/// How often new modules get a consumer.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -144,19 +142,12 @@ pub async fn run(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut started: HashSet<String> = HashSet::new();
-    loop {
-        for name in dispatcher.registry.routes().modules.keys() {
-            if started.insert(name.clone()) {
-                let consumer = Consumer::new(bus.clone(), dispatcher.clone(), name.clone());
-                tracker.spawn(consumer.run(shutdown.clone(), tracker.clone()));
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
-        }
-    }
+    let registry = dispatcher.registry.clone();
+    super::for_each_module(&registry, shutdown.clone(), |name| {
+        let consumer = Consumer::new(bus.clone(), dispatcher.clone(), name);
+        tracker.spawn(consumer.run(shutdown.clone(), tracker.clone()));
+    })
+    .await;
 }
 
 /// One entry read from a stream, as the consumer handles it.
@@ -215,7 +206,7 @@ impl Consumer {
                 // Removed for now: stop reading; its pending entries wait for it.
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(SUPERVISE_EVERY) => continue,
+                    _ = tokio::time::sleep(super::SUPERVISE_EVERY) => continue,
                 }
             };
             let topics = module.consumed_topics();
