@@ -67,6 +67,10 @@ pub struct HostSettings {
     /// Name of the environment variable holding the admin bearer token.
     pub admin_token_env: Option<String>,
     pub max_body_bytes: usize,
+    /// `max-connections`: the database pool's size per host process; the
+    /// backend's default when absent. With several hosts on one PostgreSQL,
+    /// hosts x this must stay under the server's `max_connections`.
+    pub max_connections: Option<u32>,
 }
 
 /// `[redis]`: Redis Streams as ingress and event transport.
@@ -195,6 +199,7 @@ struct RawHost {
     strict: bool,
     admin_token_env: Option<String>,
     max_body_bytes: Option<usize>,
+    max_connections: Option<u32>,
 }
 
 impl Manifest {
@@ -244,7 +249,14 @@ impl Manifest {
             strict: raw.host.strict,
             admin_token_env: raw.host.admin_token_env,
             max_body_bytes: raw.host.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_connections: raw.host.max_connections,
         };
+        if host.max_connections == Some(0) {
+            return Err(invalid(
+                "host.max-connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
 
         for (name, entry) in &raw.modules {
             let key = |k: &str| format!("modules.{name}.{k}");

@@ -19,7 +19,7 @@ use crate::ingress::{embedded, http};
 use crate::manifest::{Manifest, ManifestError};
 use crate::registry::{LoadProblem, Registry};
 use crate::relay;
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 
 /// Re-reads the manifest and the plugins folder and swaps the routes.
 pub struct Reloader {
@@ -82,7 +82,10 @@ impl Host {
 
 /// Opens the store, loads the modules and starts serving on `listener`.
 pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<Host> {
-    let store = Store::connect(&manifest.host.database)
+    let options = StoreOptions {
+        max_connections: manifest.host.max_connections,
+    };
+    let store = Store::connect_with(&manifest.host.database, &options)
         .await
         .with_context(|| format!("opening the database {}", manifest.host.database))?;
     let engine = Arc::new(Engine::new().context("starting the wasm engine")?);
