@@ -373,6 +373,19 @@ mod tests {
     }
 
     #[test]
+    fn pool_size_is_optional_and_positive() {
+        let m =
+            parse("[host]\ndatabase = \"postgres://u@db/app\"\nmax-connections = 20\n").unwrap();
+        assert_eq!(
+            (m.host.database.as_str(), m.host.max_connections),
+            ("postgres://u@db/app", Some(20))
+        );
+        assert_eq!(parse("").unwrap().host.max_connections, None);
+        let err = parse("[host]\nmax-connections = 0\n").expect_err("must be refused");
+        assert!(err.to_string().contains("host.max-connections"), "{err}");
+    }
+
+    #[test]
     fn defaults_and_relative_paths() {
         let m = parse("[modules.orders]\nfile = \"orders.wasm\"\n").expect("valid");
         assert_eq!(m.host.listen, DEFAULT_LISTEN);

@@ -84,6 +84,8 @@ impl Host {
 pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<Host> {
     let options = StoreOptions {
         max_connections: manifest.host.max_connections,
+        // Without a broker the outbox is the log that modules follow.
+        ordered_log: manifest.redis.is_none(),
     };
     let store = Store::connect_with(&manifest.host.database, &options)
         .await

@@ -1,11 +1,13 @@
 #![allow(clippy::unwrap_used)]
 //! End-to-end tests: real components built from `plugins/`, a real SQLite
-//! file per test, a real host on an ephemeral port, real HTTP.
+//! file (or PostgreSQL database) per test, a real host on an ephemeral port,
+//! real HTTP.
 
 mod support;
 
 mod cli;
 mod concurrency;
 mod failures;
+mod postgres;
 mod redis_streams;
 mod saga;

@@ -80,6 +80,10 @@ pub enum StoreError {
     /// The message id was committed by a concurrent delivery.
     #[error("message already processed")]
     Duplicate,
+    /// The database cannot store what the unit of work holds (PostgreSQL's
+    /// JSONB refuses `\u0000`, for one): retrying as it is cannot succeed.
+    #[error("the database refused the data: {0}")]
+    Refused(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
@@ -107,11 +111,25 @@ macro_rules! delegate {
     };
 }
 
-/// Connection settings from the manifest's `[host]`.
-#[derive(Debug, Clone, Default)]
+/// Connection settings from the manifest.
+#[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Pool size; the backend's default when `None`.
     pub max_connections: Option<u32>,
+    /// In-process consumers follow the outbox by `seq` (no broker
+    /// configured): PostgreSQL then makes seq order commit order, at a cost
+    /// (see `postgres::OUTBOX_LOCK`). SQLite's single writer gives it for free.
+    pub ordered_log: bool,
+}
+
+impl Default for StoreOptions {
+    /// Safe for every reader of the log.
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            ordered_log: true,
+        }
+    }
 }
 
 /// Outbox entries this host is publishing. On PostgreSQL the rows stay
@@ -165,9 +183,7 @@ impl Store {
                 SqliteStore::connect(url, options.max_connections).await?,
             ))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(
-                PostgresStore::connect(url, options.max_connections).await?,
-            ))
+            Ok(Store::Postgres(PostgresStore::connect(url, options).await?))
         } else {
             Err(StoreError::Unsupported(url.to_string()))
         }

@@ -537,6 +537,25 @@ store_tests!(
     prefix_scans_are_bytewise_and_bounded,
 );
 
+/// PostgreSQL only: JSONB cannot hold `\u0000`; that is the module's data,
+/// refused as such (not "database unavailable", which would redeliver it for
+/// ever), and nothing of the unit of work stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_refuses_what_jsonb_cannot_hold() {
+    let db = TestDatabase::create().await;
+    let store = Store::connect(&db.url).await.unwrap();
+    let writes = [put("nul", r#"{"name":"a\u0000b"}"#, 0)];
+    let events = [event("e-nul", "x.events", "{}")];
+    let err = store.commit(&commit("m-nul", &writes, &events)).await;
+    assert!(matches!(err, Err(StoreError::Refused(_))), "{err:?}");
+    assert_eq!(
+        store.inbox_answer("inventory", "m-nul").await.unwrap(),
+        None
+    );
+    assert!(whole_log(&store, &["x.events"]).await.is_empty());
+    db.drop_database().await;
+}
+
 /// PostgreSQL only (SQLite serves one host): two hosts' relays never claim
 /// the same entry, and a claimer's death frees its entries at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
