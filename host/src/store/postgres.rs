@@ -47,6 +47,11 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Advisory locks are scoped to the database, so other databases do not contend.
 const OUTBOX_LOCK: i64 = 0x5357_5944_4f42_5831; // "SWYDOBX1"
 
+/// Longest a relay may sit in its claim between two statements (that is,
+/// in the broker call) before PostgreSQL ends its session and other hosts
+/// take the entries over: well above the broker's 5 s command timeout.
+const CLAIM_IDLE_LIMIT_MS: u64 = 30_000;
+
 /// Renders a timestamp the way the SQLite store stores it (RFC 3339, UTC).
 const RFC3339: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"#;
 
@@ -299,6 +304,14 @@ impl PostgresStore {
         limit: u32,
     ) -> Result<(Vec<LogEntry>, Transaction<'static, Postgres>), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // A host that hangs mid-publish (or whose machine vanished without
+        // closing the socket) would keep its claim for ever; the server ends
+        // such a session after this long idle in the claim, freeing the rows.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SET LOCAL idle_in_transaction_session_timeout = '{CLAIM_IDLE_LIMIT_MS}ms'"
+        )))
+        .execute(&mut *tx)
+        .await?;
         let rows = sqlx::query(
             "SELECT seq, id, topic, subtopic, headers::text AS headers, body FROM outbox
              WHERE published_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED",
