@@ -1,5 +1,5 @@
 //! PostgreSQL as the store, and several hosts sharing it: the saga on the
-//! embedded log, scale-out over Redis consumer groups with a host SIGKILLed
+//! embedded log, failures and dead letters, scale-out over Redis consumer groups with a host SIGKILLed
 //! half-way, and the outbox relay taken over from a dead host. Real
 //! PostgreSQL (a fresh database per test) and real Redis (a key prefix and
 //! group per test); hosts are the `switchyard` binary, as a user runs it.
@@ -10,9 +10,12 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{EXAMPLES, Project, drop_postgres_database, eventually, postgres_database};
+use crate::support::{
+    EXAMPLES, FAULTY, Project, drop_postgres_database, eventually, postgres_database, query_count,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_saga_over_http_and_the_embedded_log() {
@@ -31,6 +34,76 @@ async fn postgres_saga_over_http_and_the_embedded_log() {
     assert_eq!(stock["output"]["available"], 3);
     host.stop().await;
     drop_postgres_database(&project.db_url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_failures_dead_letters_and_replay_over_http() {
+    let project = Project::postgres(
+        &["orders", "inventory", "faulty"],
+        &format!("{EXAMPLES}{FAULTY}"),
+    )
+    .await;
+    let host = project.start().await;
+    let (status, answer) = host
+        .send(json!({"id": "bad-1", "topic": "orders", "subtopic": "place", "body": {"order_id": "o9", "sku": "apple", "qty": "two"}}))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    // A transient failure exhausts its attempts; its writes are discarded.
+    let (status, _) = host
+        .send(json!({"id": "t-1", "topic": "faulty", "subtopic": "write-then", "body": {"key": "r", "then": "transient"}}))
+        .await;
+    assert_eq!(status, 503);
+
+    let (status, letters) = host.admin(Method::GET, "/v1/dead-letters").await;
+    assert_eq!(status, 200, "{letters}");
+    let letters = letters["dead_letters"].as_array().unwrap();
+    let kinds: HashMap<&str, (&str, u64)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l["message_id"].as_str().unwrap(),
+                (
+                    l["error_kind"].as_str().unwrap(),
+                    l["attempts"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(kinds["bad-1"], ("invalid", 1));
+    assert_eq!(kinds["t-1"], ("transient", 3));
+    let db = project.db_url();
+    let failed = query_count(
+        &db,
+        "SELECT COUNT(*) FROM outbox WHERE topic IN ('orders.failed', 'faulty.failed')",
+    )
+    .await;
+    assert_eq!(failed, 2, "one failure event each");
+    assert_eq!(
+        query_count(
+            &db,
+            "SELECT COUNT(*) FROM documents WHERE module = 'faulty'"
+        )
+        .await,
+        0
+    );
+
+    // Replayed, it fails the same way: dead-lettered again, still once.
+    let id = letters
+        .iter()
+        .find(|l| l["message_id"] == "t-1")
+        .and_then(|l| l["id"].as_str())
+        .unwrap()
+        .to_string();
+    let (status, answer) = host
+        .admin(Method::POST, &format!("/v1/dead-letters/{id}/replay"))
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    let (_, letters) = host
+        .admin(Method::GET, "/v1/dead-letters?topic=faulty")
+        .await;
+    assert_eq!(letters["dead_letters"].as_array().unwrap().len(), 1);
+    host.stop().await;
+    drop_postgres_database(&db).await;
 }
 
 fn redis_url() -> String {
