@@ -265,20 +265,23 @@ pub async fn drop_postgres_database(url: &str) {
 
 /// Rows of the host's database, read directly (what an operator would see).
 pub async fn query_count(db_url: &str, sql: &str) -> i64 {
+    match try_query_count(db_url, sql).await {
+        Ok(n) => n,
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+/// [`query_count`], or the error (e.g. the host has not migrated yet).
+pub async fn try_query_count(db_url: &str, sql: &str) -> Result<i64, sqlx::Error> {
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
     if db_url.starts_with("postgres") {
-        let pool = sqlx::PgPool::connect(db_url).await.expect("open db");
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_one(&pool)
-            .await
-            .expect("query");
+        let pool = sqlx::PgPool::connect(db_url).await?;
+        let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
         pool.close().await;
         return n;
     }
-    let pool = sqlx::SqlitePool::connect(db_url).await.expect("open db");
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-        .fetch_one(&pool)
-        .await
-        .expect("query");
+    let pool = sqlx::SqlitePool::connect(db_url).await?;
+    let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
     pool.close().await;
     n
 }
