@@ -350,6 +350,15 @@ impl Dispatcher {
                 Attempt::Committed(answer)
             }
             Err(StoreError::Conflict { .. }) => Attempt::Conflict,
+            // Bad output of the module: retried, then dead-lettered. The
+            // database's own words stay in the host's log.
+            Err(StoreError::Refused(detail)) => {
+                tracing::warn!(module = %module.name, id = %envelope.id, %detail, "store refused the unit of work");
+                Attempt::Failed(
+                    FailureKind::Trap,
+                    "the store cannot hold a value the module wrote".into(),
+                )
+            }
             Err(StoreError::Duplicate) => {
                 match self.store.inbox_answer(&module.name, &envelope.id).await {
                     Ok(Some(a)) => decode_answer(&a),

@@ -15,7 +15,8 @@
 //! - [`engine`]: wasmtime (pooling allocator, epoch deadlines, memory caps);
 //! - [`capabilities`]: the WIT imports a module gets (repository, events,
 //!   config, log, clock), bound to the message's [`uow`] unit of work;
-//! - [`store`]: documents, inbox, outbox/log, dead letters (SQLite);
+//! - [`store`]: documents, inbox, outbox/log, dead letters (SQLite, or
+//!   PostgreSQL for several hosts on one database);
 //! - [`manifest`]: `plugins.toml`; [`builder`]: `switchyard build`;
 //! - [`server`]: wiring and shutdown; [`cli`]: the command line.
 

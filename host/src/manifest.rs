@@ -77,6 +77,10 @@ pub struct HostSettings {
     pub cache_dir: PathBuf,
     /// Default of `modules.*.rollback-after`.
     pub rollback_after: u32,
+    /// `max-connections`: the database pool's size per host process; the
+    /// backend's default when absent. With several hosts on one PostgreSQL,
+    /// hosts x this must stay under the server's `max_connections`.
+    pub max_connections: Option<u32>,
 }
 
 /// `[redis]`: Redis Streams as ingress and event transport.
@@ -233,6 +237,7 @@ struct RawHost {
     max_body_bytes: Option<usize>,
     cache_dir: Option<String>,
     rollback_after: Option<u32>,
+    max_connections: Option<u32>,
 }
 
 impl Manifest {
@@ -284,7 +289,14 @@ impl Manifest {
             max_body_bytes: raw.host.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             cache_dir: dir.join(raw.host.cache_dir.as_deref().unwrap_or(DEFAULT_CACHE_DIR)),
             rollback_after: raw.host.rollback_after.unwrap_or(DEFAULT_ROLLBACK_AFTER),
+            max_connections: raw.host.max_connections,
         };
+        if host.max_connections == Some(0) {
+            return Err(invalid(
+                "host.max-connections".into(),
+                "must be at least 1".into(),
+            ));
+        }
 
         for (name, entry) in &raw.modules {
             let key = |k: &str| format!("modules.{name}.{k}");
@@ -398,6 +410,19 @@ mod tests {
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(Path::new("/srv/app/plugins.toml"), text)
+    }
+
+    #[test]
+    fn pool_size_is_optional_and_positive() {
+        let m =
+            parse("[host]\ndatabase = \"postgres://u@db/app\"\nmax-connections = 20\n").unwrap();
+        assert_eq!(
+            (m.host.database.as_str(), m.host.max_connections),
+            ("postgres://u@db/app", Some(20))
+        );
+        assert_eq!(parse("").unwrap().host.max_connections, None);
+        let err = parse("[host]\nmax-connections = 0\n").expect_err("must be refused");
+        assert!(err.to_string().contains("host.max-connections"), "{err}");
     }
 
     #[test]

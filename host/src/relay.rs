@@ -2,7 +2,9 @@
 //! outbox table to their topics on the broker (Redis streams or Kafka
 //! topics), then are marked published.
 //! At-least-once: a crash between the append and the mark publishes again,
-//! and consumers' inboxes drop the repeat (the event id is kept).
+//! and consumers' inboxes drop the repeat (the event id is kept). With
+//! several hosts on one PostgreSQL, each entry is claimed by one relay at a
+//! time (`Store::claim_unpublished`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,18 +71,24 @@ pub async fn run(store: Store, broker: Broker, appended: Arc<Notify>, shutdown: 
         tokio::pin!(woken);
         woken.as_mut().enable();
         let published = async {
-            let entries = store.unpublished(BATCH).await.map_err(|e| e.to_string())?;
-            if entries.is_empty() {
-                return Ok(0);
-            }
-            let envelopes: Vec<_> = entries.iter().map(|e| e.envelope.clone()).collect();
-            broker.append(&envelopes).await?;
-            let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
-            store
-                .mark_published(&seqs)
+            // Several hosts may share the outbox (PostgreSQL): the claim
+            // keeps them from publishing the same entries at once, and is
+            // released if this host fails or dies before marking them.
+            let claim = store
+                .claim_unpublished(BATCH)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<usize, String>(entries.len())
+            let count = claim.entries.len();
+            if count == 0 {
+                return Ok(0);
+            }
+            let envelopes: Vec<_> = claim.entries.iter().map(|e| e.envelope.clone()).collect();
+            if let Err(e) = broker.append(&envelopes).await {
+                claim.release().await;
+                return Err(e);
+            }
+            claim.published().await.map_err(|e| e.to_string())?;
+            Ok::<usize, String>(count)
         };
         match published.await {
             Ok(0) => {

@@ -22,7 +22,7 @@ use crate::ingress::{embedded, http};
 use crate::manifest::{Manifest, ManifestError};
 use crate::registry::{LoadProblem, Registry};
 use crate::relay::{self, Broker};
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 use crate::watch;
 
 /// Re-reads the manifest and the plugins folder and swaps the routes.
@@ -96,7 +96,12 @@ impl Host {
 
 /// Opens the store, loads the modules and starts serving on `listener`.
 pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<Host> {
-    let store = Store::connect(&manifest.host.database)
+    let options = StoreOptions {
+        max_connections: manifest.host.max_connections,
+        // Without a broker the outbox is the log that modules follow.
+        ordered_log: manifest.redis.is_none(),
+    };
+    let store = Store::connect_with(&manifest.host.database, &options)
         .await
         .with_context(|| format!("opening the database {}", manifest.host.database))?;
     let engine = Arc::new(Engine::new().context("starting the wasm engine")?);

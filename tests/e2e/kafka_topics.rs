@@ -11,7 +11,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 
-use crate::support::{EXAMPLES, Project, eventually, spawn_host, try_count};
+use crate::support::{EXAMPLES, Project, eventually, spawn_host, try_query_count};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -254,7 +254,7 @@ async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
     }
     let db = project.db_url();
     let applied = || async {
-        try_count(&db, "SELECT COUNT(*) FROM inbox WHERE module = 'inventory'")
+        try_query_count(&db, "SELECT COUNT(*) FROM inbox WHERE module = 'inventory'")
             .await
             .unwrap_or(0)
     };

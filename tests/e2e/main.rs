@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! End-to-end tests: real components built from `plugins/`, a real SQLite
-//! file per test, a real host on an ephemeral port, real HTTP.
+//! file (or PostgreSQL database) per test, a real host on an ephemeral port,
+//! real HTTP.
 
 mod support;
 
@@ -9,6 +10,7 @@ mod concurrency;
 mod failures;
 #[cfg(feature = "kafka")]
 mod kafka_topics;
+mod postgres;
 mod redis_streams;
 mod reload;
 mod saga;

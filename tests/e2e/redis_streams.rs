@@ -8,7 +8,9 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
-use crate::support::{EXAMPLES, FAULTY, Project, eventually, query_count, spawn_host, try_count};
+use crate::support::{
+    EXAMPLES, FAULTY, Project, eventually, query_count, spawn_host, try_query_count,
+};
 
 const RECORDERS: &str = r#"
 [modules.recorder_a]
@@ -92,8 +94,11 @@ fn field(id: &redis::streams::StreamId, name: &str) -> String {
 /// Two copies of the recorder fixture, as two modules.
 fn add_recorders(project: &Project) {
     for copy in ["recorder_a", "recorder_b"] {
-        std::fs::copy(crate::support::wasm("recorder"), project.dir.path().join(format!("plugins/{copy}.wasm")))
-            .unwrap();
+        std::fs::copy(
+            crate::support::wasm("recorder"),
+            project.dir.path().join(format!("plugins/{copy}.wasm")),
+        )
+        .unwrap();
     }
 }
 
@@ -415,10 +420,11 @@ async fn sigkill_mid_stream_then_another_process_finishes_exactly_once() {
 
     let db = project.db_url();
     let applied = || async {
+        // The file appears before the host has migrated it: no table yet is 0.
         if !project.dir.path().join("switchyard.db").exists() {
             return 0;
         }
-        try_count(&db, "SELECT COUNT(*) FROM inbox WHERE module = 'inventory'")
+        try_query_count(&db, "SELECT COUNT(*) FROM inbox WHERE module = 'inventory'")
             .await
             .unwrap_or(0)
     };

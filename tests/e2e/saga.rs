@@ -18,7 +18,12 @@ async fn order_status(host: &TestHost, order_id: &str) -> Value {
 async fn restock_then_two_orders_ends_confirmed_rejected_and_three_left() {
     let project = Project::new(&["orders", "inventory"], EXAMPLES);
     let host = project.start().await;
+    saga(&host).await;
+    host.stop().await;
+}
 
+/// SPEC §10 against a running host (any store): restock 5, order 2, order 10.
+pub(crate) async fn saga(host: &TestHost) {
     let (status, answer) = host
         .command("inventory", "restock", json!({"sku": "apple", "qty": 5}))
         .await;
@@ -58,11 +63,11 @@ async fn restock_then_two_orders_ends_confirmed_rejected_and_three_left() {
     assert_eq!(status, 200, "{answer}");
 
     eventually("o1 confirmed", Duration::from_secs(10), || async {
-        (order_status(&host, "o1").await == "confirmed").then_some(())
+        (order_status(host, "o1").await == "confirmed").then_some(())
     })
     .await;
     eventually("o2 rejected", Duration::from_secs(10), || async {
-        (order_status(&host, "o2").await == "rejected").then_some(())
+        (order_status(host, "o2").await == "rejected").then_some(())
     })
     .await;
     let (_, stock) = host
@@ -84,7 +89,6 @@ async fn restock_then_two_orders_ends_confirmed_rejected_and_three_left() {
         modules["modules"][1]["handled"].as_u64().unwrap() >= 5,
         "{modules}"
     );
-    host.stop().await;
 }
 
 #[tokio::test]

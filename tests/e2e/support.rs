@@ -1,5 +1,6 @@
 //! Test harness: real components built from `plugins/`, a real SQLite file in
-//! a temporary folder, a real host on an ephemeral port.
+//! a temporary folder (or a fresh PostgreSQL database), a real host on an
+//! ephemeral port.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -67,12 +68,24 @@ backoff-ms = 1
 /// A temporary project folder: plugins.toml, plugins/, the SQLite file.
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// The host's database URL, as the test reads it.
+    database: String,
 }
 
 impl Project {
     /// `modules`: crate names whose components go into plugins/; `entries`:
     /// the `[modules.*]` part of the manifest.
     pub fn new(modules: &[&str], entries: &str) -> Self {
+        Self::with_database(modules, entries, "sqlite://switchyard.db")
+    }
+
+    /// The same on a fresh PostgreSQL database (see [`postgres_database`]).
+    pub async fn postgres(modules: &[&str], entries: &str) -> Self {
+        Self::with_database(modules, entries, &postgres_database().await)
+    }
+
+    /// `database`: the manifest's `host.database`.
+    pub fn with_database(modules: &[&str], entries: &str, database: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("plugins")).expect("plugins dir");
         for m in modules {
@@ -83,10 +96,15 @@ impl Project {
             .expect("copy component");
         }
         let manifest = format!(
-            "[host]\nlisten = \"127.0.0.1:0\"\ndatabase = \"sqlite://switchyard.db\"\nadmin-token-env = \"{ADMIN_TOKEN_ENV}\"\n{entries}"
+            "[host]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{database}\"\nmax-connections = 8\nadmin-token-env = \"{ADMIN_TOKEN_ENV}\"\n{entries}"
         );
         std::fs::write(dir.path().join("plugins.toml"), manifest).expect("write manifest");
-        Self { dir }
+        let database = if database.starts_with("sqlite:") {
+            format!("sqlite://{}", dir.path().join("switchyard.db").display())
+        } else {
+            database.to_string()
+        };
+        Self { dir, database }
     }
 
     pub fn manifest_path(&self) -> PathBuf {
@@ -94,10 +112,7 @@ impl Project {
     }
 
     pub fn db_url(&self) -> String {
-        format!(
-            "sqlite://{}",
-            self.dir.path().join("switchyard.db").display()
-        )
+        self.database.clone()
     }
 
     pub async fn start(&self) -> TestHost {
@@ -212,25 +227,61 @@ where
     }
 }
 
-/// Rows of the host's database, read directly (what an operator would see).
-pub async fn query_count(db_url: &str, sql: &str) -> i64 {
-    let pool = sqlx::SqlitePool::connect(db_url).await.expect("open db");
-    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-        .fetch_one(&pool)
+/// A new, empty PostgreSQL database on 127.0.0.1:5432 (or the server that
+/// `SWITCHYARD_TEST_POSTGRES` names), so tests run in parallel and repeat
+/// without cleanup. Returns its URL.
+pub async fn postgres_database() -> String {
+    use sqlx::Connection;
+    let server = std::env::var("SWITCHYARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("switchyard_e2e_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(&server)
         .await
-        .expect("query");
-    pool.close().await;
-    n
+        .expect("PostgreSQL is running on 127.0.0.1:5432 (see .ci/run)");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("CREATE DATABASE");
+    let _ = admin.close().await;
+    let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+    format!("{base}/{name}")
 }
 
-/// Like [`query_count`], for a database a starting host may not have
-/// created or migrated yet: `None` until it can answer.
-pub async fn try_count(db_url: &str, sql: &str) -> Option<i64> {
-    let pool = sqlx::SqlitePool::connect(db_url).await.ok()?;
-    let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-        .fetch_one(&pool)
+/// Drops a database made by [`postgres_database`] (hosts still connected
+/// are disconnected).
+pub async fn drop_postgres_database(url: &str) {
+    use sqlx::Connection;
+    let (base, name) = url.rsplit_once('/').expect("database URL");
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
         .await
-        .ok();
+        .expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("DROP DATABASE");
+}
+
+/// Rows of the host's database, read directly (what an operator would see).
+pub async fn query_count(db_url: &str, sql: &str) -> i64 {
+    match try_query_count(db_url, sql).await {
+        Ok(n) => n,
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+/// [`query_count`], or the error (e.g. the host has not migrated yet).
+pub async fn try_query_count(db_url: &str, sql: &str) -> Result<i64, sqlx::Error> {
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
+    if db_url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(db_url).await?;
+        let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
+        pool.close().await;
+        return n;
+    }
+    let pool = sqlx::SqlitePool::connect(db_url).await?;
+    let n = sqlx::query_scalar(sql).fetch_one(&pool).await;
     pool.close().await;
     n
 }
@@ -238,7 +289,8 @@ pub async fn try_count(db_url: &str, sql: &str) -> Option<i64> {
 /// A host as a user runs it: the `switchyard` binary (`up --no-build`), its
 /// log kept beside the test's database for a look when a test fails.
 pub fn spawn_host(project: &Project, name: &str) -> std::process::Child {
-    let log = std::fs::File::create(project.dir.path().join(format!("{name}.log"))).expect("log file");
+    let log =
+        std::fs::File::create(project.dir.path().join(format!("{name}.log"))).expect("log file");
     std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("--config")
         .arg(project.manifest_path())

@@ -188,7 +188,13 @@ pub async fn run(
 ) {
     let registry = dispatcher.registry.clone();
     super::for_each_module(&registry, shutdown.clone(), |name| {
-        tracker.spawn(consume(bus.clone(), dispatcher.clone(), name, shutdown.clone(), tracker.clone()));
+        tracker.spawn(consume(
+            bus.clone(),
+            dispatcher.clone(),
+            name,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
     })
     .await;
 }

@@ -20,7 +20,11 @@ pub(crate) const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 /// Calls `start(module name)` once for every module loaded now and for every
 /// module loaded later, until shutdown. Each consumer then follows its
 /// module by name through reloads (and idles while it is unloaded).
-pub async fn for_each_module(registry: &Registry, shutdown: CancellationToken, mut start: impl FnMut(String)) {
+pub async fn for_each_module(
+    registry: &Registry,
+    shutdown: CancellationToken,
+    mut start: impl FnMut(String),
+) {
     let mut started: HashSet<String> = HashSet::new();
     loop {
         for name in registry.routes().modules.keys() {

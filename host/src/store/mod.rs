@@ -1,11 +1,16 @@
 //! The host's own persistence: module documents, inbox, outbox (the embedded
 //! log), log cursors and dead letters. Each backend commits one unit of work
-//! (writes + events + inbox record) in one transaction.
+//! (writes + events + inbox record) in one transaction. SQLite serves one
+//! host; PostgreSQL serves several hosts sharing one database.
 
+mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use crate::envelope::Envelope;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A stored document.
@@ -75,6 +80,10 @@ pub enum StoreError {
     /// The message id was committed by a concurrent delivery.
     #[error("message already processed")]
     Duplicate,
+    /// The database cannot store what the unit of work holds (PostgreSQL's
+    /// JSONB refuses `\u0000`, for one): retrying as it is cannot succeed.
+    #[error("the database refused the data: {0}")]
+    Refused(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
@@ -90,21 +99,91 @@ pub enum StoreError {
 #[derive(Clone)]
 pub enum Store {
     Sqlite(SqliteStore),
+    Postgres(PostgresStore),
 }
 
 macro_rules! delegate {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
         }
     };
+}
+
+/// Connection settings from the manifest.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Pool size; the backend's default when `None`.
+    pub max_connections: Option<u32>,
+    /// In-process consumers follow the outbox by `seq` (no broker
+    /// configured): PostgreSQL then makes seq order commit order, at a cost
+    /// (see `postgres::OUTBOX_LOCK`). SQLite's single writer gives it for free.
+    pub ordered_log: bool,
+}
+
+impl Default for StoreOptions {
+    /// Safe for every reader of the log.
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            ordered_log: true,
+        }
+    }
+}
+
+/// Outbox entries this host is publishing. On PostgreSQL the rows stay
+/// locked until [`OutboxClaim::published`] or until the claim is dropped (or
+/// the host dies), so other hosts' relays skip them; on SQLite (one host)
+/// it is a plain read.
+pub struct OutboxClaim {
+    pub entries: Vec<LogEntry>,
+    hold: ClaimHold,
+}
+
+enum ClaimHold {
+    Sqlite(SqliteStore),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+impl OutboxClaim {
+    /// Gives the entries back unpublished (the broker refused them). Say so
+    /// rather than drop the claim: a dropped transaction's rollback is only
+    /// queued, and the rows stay locked until its connection is used again.
+    pub async fn release(self) {
+        if let ClaimHold::Postgres(tx) = self.hold
+            && let Err(e) = tx.rollback().await
+        {
+            // The connection is broken, so the session and its locks end anyway.
+            tracing::debug!(error = %e, "outbox claim: rollback failed");
+        }
+    }
+
+    /// Marks the claimed entries as handed to the broker.
+    pub async fn published(self) -> Result<(), StoreError> {
+        let seqs: Vec<i64> = self.entries.iter().map(|e| e.seq).collect();
+        match self.hold {
+            ClaimHold::Sqlite(store) => store.mark_published(&seqs).await,
+            ClaimHold::Postgres(tx) => PostgresStore::publish_claim(tx, &seqs).await,
+        }
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, &StoreOptions::default()).await
+    }
+
+    /// Opens and migrates the database at `url` (a PostgreSQL database must
+    /// exist; its tables are created).
+    pub async fn connect_with(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         if url.starts_with("sqlite:") {
-            Ok(Store::Sqlite(SqliteStore::connect(url).await?))
+            Ok(Store::Sqlite(
+                SqliteStore::connect(url, options.max_connections).await?,
+            ))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PostgresStore::connect(url, options).await?))
         } else {
             Err(StoreError::Unsupported(url.to_string()))
         }
@@ -182,6 +261,24 @@ impl Store {
 
     pub async fn set_cursor(&self, consumer: &str, position: i64) -> Result<(), StoreError> {
         delegate!(self, s => s.set_cursor(consumer, position).await)
+    }
+
+    /// Claims up to `limit` outbox entries not yet handed to the broker,
+    /// oldest first, that no other host is publishing right now.
+    pub async fn claim_unpublished(&self, limit: u32) -> Result<OutboxClaim, StoreError> {
+        match self {
+            Store::Sqlite(s) => Ok(OutboxClaim {
+                entries: s.unpublished(limit).await?,
+                hold: ClaimHold::Sqlite(s.clone()),
+            }),
+            Store::Postgres(s) => {
+                let (entries, tx) = s.claim_unpublished(limit).await?;
+                Ok(OutboxClaim {
+                    entries,
+                    hold: ClaimHold::Postgres(tx),
+                })
+            }
+        }
     }
 
     /// Outbox entries not yet handed to the broker, oldest first.

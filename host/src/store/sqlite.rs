@@ -10,7 +10,8 @@ use sqlx::{Row, SqlitePool};
 use super::{Commit, DeadLetter, Document, LogEntry, StoreError, Write};
 use crate::envelope::{Envelope, now_rfc3339};
 
-/// Readers run in parallel in WAL mode; writes are serialised anyway.
+/// Pool size when `host.max-connections` is not set: readers run in
+/// parallel in WAL mode; writes are serialised anyway.
 const MAX_CONNECTIONS: u32 = 8;
 /// How long a statement waits for SQLite's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -24,7 +25,7 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -41,13 +42,13 @@ impl SqliteStore {
         let pool = loop {
             let opened = async {
                 let pool = SqlitePoolOptions::new()
-                    .max_connections(MAX_CONNECTIONS)
+                    .max_connections(max_connections.unwrap_or(MAX_CONNECTIONS))
                     // A local file does not drop connections; a ping per
                     // acquire would add a round trip to every statement.
                     .test_before_acquire(false)
                     .connect_with(options.clone())
                     .await?;
-                sqlx::migrate!("../migrations").run(&pool).await?;
+                sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
                 Ok::<_, StoreError>(pool)
             };
             match opened.await {
