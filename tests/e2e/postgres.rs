@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::redis_streams::{Streams, redis_url};
 use crate::support::{
     EXAMPLES, FAULTY, Project, drop_postgres_database, eventually, postgres_database, query_count,
 };
@@ -104,61 +105,6 @@ async fn postgres_failures_dead_letters_and_replay_over_http() {
     assert_eq!(letters["dead_letters"].as_array().unwrap().len(), 1);
     host.stop().await;
     drop_postgres_database(&db).await;
-}
-
-fn redis_url() -> String {
-    std::env::var("SWITCHYARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
-}
-
-/// This test's corner of the shared Redis: its own key prefix and group.
-struct Streams {
-    prefix: String,
-    group: String,
-    conn: redis::aio::MultiplexedConnection,
-}
-
-impl Streams {
-    async fn new() -> Self {
-        let tag = uuid::Uuid::now_v7().simple().to_string();
-        let conn = redis::Client::open(redis_url())
-            .expect("redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis is running (see .ci/run)");
-        Self {
-            prefix: format!("t{tag}:"),
-            group: format!("g{tag}"),
-            conn,
-        }
-    }
-
-    fn section(&self, url: &str) -> String {
-        format!(
-            "[redis]\nurl = \"{url}\"\ngroup = \"{}\"\nprefix = \"{}\"\nblock-ms = 200\nclaim-idle-ms = 2000\n",
-            self.group, self.prefix
-        )
-    }
-
-    /// Ids of the envelopes in a topic's stream, in stream order.
-    async fn envelope_ids(&self, topic: &str) -> Vec<String> {
-        let mut conn = self.conn.clone();
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(format!("{}{topic}", self.prefix))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await
-            .expect("XRANGE");
-        reply
-            .ids
-            .iter()
-            .map(|entry| {
-                let json: String = entry.get("envelope").expect("envelope field");
-                let envelope: Value = serde_json::from_str(&json).expect("envelope JSON");
-                envelope["id"].as_str().expect("id").to_string()
-            })
-            .collect()
-    }
 }
 
 /// A `switchyard up` process. Killed (SIGKILL) when dropped, so a failing
@@ -275,7 +221,7 @@ struct Run {
 async fn scale_out(hosts: usize, kill_one: bool) -> Run {
     let streams = Streams::new().await;
     let db = postgres_database().await;
-    let entries = format!("{}{INVENTORY_ONLY}", streams.section(&redis_url()));
+    let entries = format!("{}{INVENTORY_ONLY}", streams.section(2_000));
     let project = Project::with_database(&["inventory"], &entries, &db);
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
 
@@ -407,7 +353,7 @@ async fn postgres_relay_another_host_publishes_what_a_dead_claimer_held() {
     let db = postgres_database().await;
     let project = Project::with_database(
         &["inventory"],
-        &format!("{}{INVENTORY_ONLY}", streams.section(&redis_url())),
+        &format!("{}{INVENTORY_ONLY}", streams.section(2_000)),
         &db,
     );
     // Host A's Redis accepts connections and never answers: A's relay claims

@@ -23,19 +23,19 @@ topics = []
 subscribes = ["inventory.events"]
 "#;
 
-fn redis_url() -> String {
+pub(crate) fn redis_url() -> String {
     std::env::var("SWITCHYARD_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string())
 }
 
 /// A namespace in the shared Redis: its own key prefix and consumer group.
-struct Streams {
-    prefix: String,
+pub(crate) struct Streams {
+    pub(crate) prefix: String,
     group: String,
-    conn: redis::aio::MultiplexedConnection,
+    pub(crate) conn: redis::aio::MultiplexedConnection,
 }
 
 impl Streams {
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let tag = uuid::Uuid::now_v7().simple().to_string();
         let client = redis::Client::open(redis_url()).expect("redis url");
         let conn = client
@@ -50,7 +50,7 @@ impl Streams {
     }
 
     /// The `[redis]` section for this namespace.
-    fn section(&self, claim_idle_ms: u64) -> String {
+    pub(crate) fn section(&self, claim_idle_ms: u64) -> String {
         format!(
             "[redis]\nurl = \"{}\"\ngroup = \"{}\"\nprefix = \"{}\"\nblock-ms = 200\nclaim-idle-ms = {claim_idle_ms}\n",
             redis_url(),
@@ -81,6 +81,19 @@ impl Streams {
             .await
             .expect("XRANGE");
         reply.ids
+    }
+
+    /// Ids of the envelopes in a topic's stream, in stream order.
+    pub(crate) async fn envelope_ids(&self, topic: &str) -> Vec<String> {
+        self.entries(topic)
+            .await
+            .iter()
+            .map(|entry| {
+                let envelope: Value =
+                    serde_json::from_str(&field(entry, "envelope")).expect("envelope JSON");
+                envelope["id"].as_str().expect("id").to_string()
+            })
+            .collect()
     }
 }
 
