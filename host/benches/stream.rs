@@ -71,6 +71,43 @@ async fn run() -> anyhow::Result<()> {
     let store_time = start.elapsed();
     report("bare store loop (1 message per transaction)", n, store_time);
 
+    // 2b. The store's ceiling as the performance issue defines it: a bare
+    //     sqlx loop writing the same rows, BATCH messages per transaction.
+    let batched_time = bare_sqlx_batched(&dir.path().join("batched.db"), n).await?;
+    report(
+        &format!("bare sqlx loop ({BATCH} messages per transaction)"),
+        n,
+        batched_time,
+    );
+
+    // 2c. The store's own group commit: BATCH messages in flight at once
+    //     through `Store::commit`, as the host's consumers run them.
+    let grouped = Store::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("grouped.db").display()
+    ))
+    .await?;
+    let start = Instant::now();
+    let mut in_flight = tokio::task::JoinSet::new();
+    for i in 0..n {
+        if in_flight.len() >= BATCH
+            && let Some(done) = in_flight.join_next().await
+        {
+            done??;
+        }
+        let store = grouped.clone();
+        in_flight.spawn(async move { commit_restock(&store, i).await });
+    }
+    while let Some(done) = in_flight.join_next().await {
+        done??;
+    }
+    let grouped_time = start.elapsed();
+    report(
+        &format!("store group commit ({BATCH} messages in flight)"),
+        n,
+        grouped_time,
+    );
+
     // 3. The host: Redis -> module -> SQLite -> ack.
     let prefix = format!("bench{tag}:");
     let project = tempfile::tempdir()?;
@@ -99,9 +136,12 @@ async fn run() -> anyhow::Result<()> {
         host_time,
     );
     println!(
-        "  ratios: host/bare-redis {:.3}, host/bare-store {:.3}",
+        "  ratios: host/bare-redis {:.3}, host/bare-store-1-per-tx {:.3}, \
+         host/bare-sqlx-batched {:.3}, host/store-group-commit {:.3}",
         bare.as_secs_f64() / host_time.as_secs_f64(),
-        store_time.as_secs_f64() / host_time.as_secs_f64()
+        store_time.as_secs_f64() / host_time.as_secs_f64(),
+        batched_time.as_secs_f64() / host_time.as_secs_f64(),
+        grouped_time.as_secs_f64() / host_time.as_secs_f64()
     );
 
     // 4. Latency at a steady rate: XADD time -> commit time of each document.
@@ -262,6 +302,81 @@ async fn commit_restock(store: &Store, i: usize) -> anyhow::Result<()> {
         })
         .await?;
     Ok(())
+}
+
+/// The rows one restock commits (inbox check, document read and write,
+/// outbox row, inbox row), written by sqlx directly, BATCH per transaction.
+async fn bare_sqlx_batched(file: &std::path::Path, n: usize) -> anyhow::Result<Duration> {
+    let url = format!("sqlite://{}", file.display());
+    // Opening a store creates the schema; then it is closed again.
+    drop(Store::connect(&url).await?);
+    let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&url)?
+        .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let now = envelope::now_rfc3339();
+    let start = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(BATCH) {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        for i in chunk {
+            let id = envelope::new_id();
+            let sku = format!("sku-{i}");
+            let seen: Option<String> =
+                sqlx::query_scalar("SELECT answer FROM inbox WHERE module = ? AND message_id = ?")
+                    .bind("bench")
+                    .bind(&id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            anyhow::ensure!(seen.is_none());
+            let _: Option<(String, i64)> = sqlx::query_as(
+                "SELECT value, version FROM documents WHERE module = ? AND collection = ? AND key = ?",
+            )
+            .bind("bench")
+            .bind("stock")
+            .bind(&sku)
+            .fetch_optional(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO documents (module, collection, key, value, version, updated_at)
+                 VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind("bench")
+            .bind("stock")
+            .bind(&sku)
+            .bind(format!(r#"{{"sku":"{sku}","available":1}}"#))
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO outbox (id, topic, subtopic, headers, body, source, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(envelope::new_id())
+            .bind("inventory.events")
+            .bind("restocked")
+            .bind("{}")
+            .bind(format!(r#"{{"sku":"{sku}","qty":1,"available":1}}"#))
+            .bind("bench")
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO inbox (module, message_id, answer, created_at) VALUES (?, ?, ?, ?)",
+            )
+            .bind("bench")
+            .bind(&id)
+            .bind(r#"{"output":null,"events":[]}"#)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+    }
+    let took = start.elapsed();
+    pool.close().await;
+    Ok(took)
 }
 
 async fn wait_applied(pool: &sqlx::SqlitePool, n: usize) -> anyhow::Result<()> {

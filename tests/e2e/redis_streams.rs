@@ -593,7 +593,7 @@ async fn restarting_redis_mid_stream_loses_nothing() {
     own.restart();
     xadd_restocks(500).await;
 
-    eventually("all 2,500 applied", Duration::from_secs(60), || async {
+    eventually("all 2,500 applied", Duration::from_secs(180), || async {
         (applied().await == 2_500).then_some(())
     })
     .await;

@@ -86,6 +86,12 @@ pub enum StoreError {
     Refused(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The backend itself failed (its thread stopped, a whole group commit
+    /// failed): nothing of the affected work was stored.
+    #[error("database: {0}")]
+    Backend(String),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]

@@ -1,27 +1,69 @@
 //! The embedded default store: one SQLite file in WAL mode.
+//!
+//! SQLite has one writer, so writes go to one writer thread that owns the
+//! write connection. It takes every unit of work queued while it was busy
+//! and commits them in one transaction (group commit), each inside its own
+//! savepoint: a unit that conflicts rolls back alone and the others commit.
+//! Under load this turns N transactions into one; with one message in
+//! flight the group is that one message and nothing waits.
+//!
+//! Reads run on a few reader connections, in the calling task: a point read
+//! from SQLite's page cache takes a few microseconds, far less than handing
+//! it to another thread and back (what a driver with a worker thread per
+//! connection costs per statement). In WAL mode readers never wait for the
+//! writer.
+//!
+//! The schema is migrated with sqlx's migrator when the store opens, so the
+//! migration history is the same as PostgreSQL's.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Commit, DeadLetter, Document, LogEntry, StoreError, Write};
 use crate::envelope::{Envelope, now_rfc3339};
 
-/// Pool size when `host.max-connections` is not set: readers run in
-/// parallel in WAL mode; writes are serialised anyway.
-const MAX_CONNECTIONS: u32 = 8;
-/// How long a statement waits for SQLite's lock before giving up.
+/// Reader connections when `host.max-connections` is not set. Reads run in
+/// the calling task, so more than the runtime's worker threads never help.
+const READERS: u32 = 4;
+/// How long a statement waits for SQLite's lock before giving up (another
+/// process holding the file, or a checkpoint).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most units of work committed in one transaction.
+const MAX_GROUP: usize = 512;
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
-    /// SQLite has one writer. Taking this before `BEGIN IMMEDIATE` queues
-    /// writers in the host (fair, async) instead of in SQLite's busy loop.
-    write_lock: Arc<tokio::sync::Mutex<()>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    writer: mpsc::UnboundedSender<Job>,
+}
+
+/// Work for the writer thread.
+enum Job {
+    /// One unit of work, committed with whatever else is queued.
+    Commit(Box<OwnedCommit>, oneshot::Sender<Result<(), StoreError>>),
+    /// Any other write, alone in its own transaction.
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
+/// [`Commit`] with its data owned, to cross to the writer thread.
+struct OwnedCommit {
+    module: String,
+    message_id: String,
+    answer: String,
+    writes: Vec<Write>,
+    events: Vec<Envelope>,
 }
 
 impl SqliteStore {
@@ -29,46 +71,88 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        let file = options.get_filename().to_path_buf();
+        if file.as_os_str() == ":memory:" {
+            return Err(StoreError::Unsupported(format!(
+                "{url}: the SQLite store needs a file (its reader and writer connections share it)"
+            )));
+        }
         // Two hosts starting on one file would race to switch it to WAL and
         // to migrate it (sqlx takes no lock for SQLite migrations): an
         // exclusive file lock beside the database makes them take turns.
-        let _turn = lock_beside(options.get_filename()).await?;
-        // Another program holding the database may still answer "locked" at
-        // once to these steps (they cannot wait on the busy timeout).
-        let mut attempt = 0u32;
-        let pool = loop {
-            let opened = async {
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(max_connections.unwrap_or(MAX_CONNECTIONS))
-                    // A local file does not drop connections; a ping per
-                    // acquire would add a round trip to every statement.
-                    .test_before_acquire(false)
-                    .connect_with(options.clone())
-                    .await?;
-                sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
-                Ok::<_, StoreError>(pool)
-            };
-            match opened.await {
-                Ok(pool) => break pool,
-                Err(e) if attempt < 50 && e.to_string().contains("database is locked") => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(20 + u64::from(attempt) * 10)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let _turn = lock_beside(&file).await?;
+        migrate(options).await?;
+        let path = file.clone();
+        let readers = max_connections.unwrap_or(READERS).max(1);
+        let (readers, writer) = tokio::task::spawn_blocking(move || {
+            let writer = open(&path, false)?;
+            let readers = (0..readers)
+                .map(|_| open(&path, true).map(Mutex::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, StoreError>((readers, writer))
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("opening {}: {e}", file.display())))??;
+        let (jobs, queue) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("switchyard-sqlite-writer".into())
+            .spawn(move || write_loop(writer, queue))
+            .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         Ok(Self {
-            pool,
-            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            inner: Arc::new(Inner {
+                readers,
+                next_reader: AtomicUsize::new(0),
+                writer: jobs,
+            }),
         })
     }
 
+    /// Runs `read` on a free reader connection, in this task.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let readers = &self.inner.readers;
+        let start = self.inner.next_reader.fetch_add(1, Ordering::Relaxed);
+        for i in 0..readers.len() {
+            if let Ok(conn) = readers[(start + i) % readers.len()].try_lock() {
+                return read(&conn);
+            }
+        }
+        // All busy (more threads than readers): wait for one. A panic in a
+        // read leaves the connection usable, so a poisoned lock is fine.
+        let conn = readers[start % readers.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        read(&conn)
+    }
+
+    /// Runs `write` on the writer thread, alone in its own transaction.
+    async fn write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Run(Box::new(move |conn: &mut Connection| {
+            let result = (|| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let value = write(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })();
+            let _ = reply.send(result);
+        }));
+        self.inner.writer.send(job).map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
     }
 
     pub async fn get(
@@ -77,15 +161,19 @@ impl SqliteStore {
         collection: &str,
         key: &str,
     ) -> Result<Option<Document>, StoreError> {
-        let row = sqlx::query(
-            "SELECT value, version FROM documents WHERE module = ? AND collection = ? AND key = ?",
-        )
-        .bind(module)
-        .bind(collection)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| document(&r)).transpose()
+        self.read(|conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT value, version FROM documents
+                     WHERE module = ?1 AND collection = ?2 AND key = ?3",
+                )?
+                .query_row(params![module, collection, key], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
+                .optional()?;
+            row.map(|(value, version)| document(value, version))
+                .transpose()
+        })
     }
 
     pub async fn scan(
@@ -95,27 +183,25 @@ impl SqliteStore {
         prefix: &str,
         limit: u32,
     ) -> Result<Vec<(String, Document)>, StoreError> {
-        // Keys sharing a prefix are contiguous in byte order, starting at the
-        // prefix itself: read from there and stop at the first non-match.
-        let rows = sqlx::query(
-            "SELECT key, value, version FROM documents
-             WHERE module = ? AND collection = ? AND key >= ? ORDER BY key LIMIT ?",
-        )
-        .bind(module)
-        .bind(collection)
-        .bind(prefix)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let key: String = row.try_get("key")?;
-            if !key.starts_with(prefix) {
-                break;
+        self.read(|conn| {
+            // Keys sharing a prefix are contiguous in byte order, starting at
+            // the prefix itself: read from there and stop at the first
+            // non-match.
+            let mut statement = conn.prepare_cached(
+                "SELECT key, value, version FROM documents
+                 WHERE module = ?1 AND collection = ?2 AND key >= ?3 ORDER BY key LIMIT ?4",
+            )?;
+            let mut rows = statement.query(params![module, collection, prefix, limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let key: String = row.get(0)?;
+                if !key.starts_with(prefix) {
+                    break;
+                }
+                out.push((key, document(row.get(1)?, row.get(2)?)?));
             }
-            out.push((key, document(&row)?));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     pub async fn inbox_answer(
@@ -123,101 +209,41 @@ impl SqliteStore {
         module: &str,
         message_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        let answer =
-            sqlx::query_scalar("SELECT answer FROM inbox WHERE module = ? AND message_id = ?")
-                .bind(module)
-                .bind(message_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(answer)
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT answer FROM inbox WHERE module = ?1 AND message_id = ?2")?
+                .query_row(params![module, message_id], |row| row.get(0))
+                .optional()?)
+        })
     }
 
     pub async fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_rfc3339();
-        let inserted = sqlx::query(
-            "INSERT INTO inbox (module, message_id, answer, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(commit.module)
-        .bind(commit.message_id)
-        .bind(commit.answer)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::Duplicate);
-        }
-        for write in commit.writes {
-            let applied = match write {
-                Write::Put { collection, key, value, base_version: 0 } => sqlx::query(
-                    "INSERT INTO documents (module, collection, key, value, version, updated_at)
-                     VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT DO NOTHING",
-                )
-                .bind(commit.module)
-                .bind(collection)
-                .bind(key)
-                .bind(value)
-                .bind(&now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-                Write::Put { collection, key, value, base_version } => sqlx::query(
-                    "UPDATE documents SET value = ?, version = version + 1, updated_at = ?
-                     WHERE module = ? AND collection = ? AND key = ? AND version = ?",
-                )
-                .bind(value)
-                .bind(&now)
-                .bind(commit.module)
-                .bind(collection)
-                .bind(key)
-                .bind(version_param(*base_version)?)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-                Write::Delete { collection, key, base_version } => sqlx::query(
-                    "DELETE FROM documents WHERE module = ? AND collection = ? AND key = ? AND version = ?",
-                )
-                .bind(commit.module)
-                .bind(collection)
-                .bind(key)
-                .bind(version_param(*base_version)?)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected(),
-            };
-            if applied != 1 {
-                let (collection, key) = match write {
-                    Write::Put {
-                        collection, key, ..
-                    }
-                    | Write::Delete {
-                        collection, key, ..
-                    } => (collection, key),
-                };
-                return Err(StoreError::Conflict {
-                    collection: collection.clone(),
-                    key: key.clone(),
-                });
-            }
-        }
-        for event in commit.events {
-            insert_log(&mut tx, event, commit.module, &now).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let owned = Box::new(OwnedCommit {
+            module: commit.module.to_string(),
+            message_id: commit.message_id.to_string(),
+            answer: commit.answer.to_string(),
+            writes: commit.writes.to_vec(),
+            events: commit.events.to_vec(),
+        });
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job::Commit(owned, reply))
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
     }
 
     pub async fn append(&self, envelopes: &[Envelope], source: &str) -> Result<(), StoreError> {
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_rfc3339();
-        for envelope in envelopes {
-            insert_log(&mut tx, envelope, source, &now).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let envelopes = envelopes.to_vec();
+        let source = source.to_string();
+        self.write(move |tx| {
+            let now = now_rfc3339();
+            for envelope in &envelopes {
+                insert_log(tx, envelope, &source, &now)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn record_failure(
@@ -225,36 +251,40 @@ impl SqliteStore {
         dead_letter: Option<&DeadLetter>,
         failure_event: Option<&Envelope>,
     ) -> Result<(), StoreError> {
-        let _writer = self.write_lock.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let now = now_rfc3339();
-        if let Some(d) = dead_letter {
-            sqlx::query(
-                "INSERT INTO dead_letters
-                   (id, module, message_id, topic, subtopic, envelope, error_kind, error_message, attempts, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (module, message_id) DO UPDATE SET
-                   error_kind = excluded.error_kind, error_message = excluded.error_message,
-                   attempts = excluded.attempts, created_at = excluded.created_at, replayed_at = NULL",
-            )
-            .bind(&d.id)
-            .bind(&d.module)
-            .bind(&d.message_id)
-            .bind(&d.topic)
-            .bind(&d.subtopic)
-            .bind(d.envelope.to_string())
-            .bind(&d.error_kind)
-            .bind(&d.error_message)
-            .bind(i64::from(d.attempts))
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(event) = failure_event {
-            insert_log(&mut tx, event, "switchyard", &now).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let dead_letter = dead_letter.cloned();
+        let failure_event = failure_event.cloned();
+        self.write(move |tx| {
+            let now = now_rfc3339();
+            if let Some(d) = &dead_letter {
+                tx.prepare_cached(
+                    "INSERT INTO dead_letters
+                       (id, module, message_id, topic, subtopic, envelope, error_kind,
+                        error_message, attempts, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT (module, message_id) DO UPDATE SET
+                       error_kind = excluded.error_kind, error_message = excluded.error_message,
+                       attempts = excluded.attempts, created_at = excluded.created_at,
+                       replayed_at = NULL",
+                )?
+                .execute(params![
+                    d.id,
+                    d.module,
+                    d.message_id,
+                    d.topic,
+                    d.subtopic,
+                    d.envelope.to_string(),
+                    d.error_kind,
+                    d.error_message,
+                    d.attempts,
+                    now
+                ])?;
+            }
+            if let Some(event) = &failure_event {
+                insert_log(tx, event, "switchyard", &now)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     pub async fn read_log(
@@ -268,27 +298,26 @@ impl SqliteStore {
         }
         let topics =
             serde_json::to_string(topics).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let rows = sqlx::query(
-            "SELECT seq, id, topic, subtopic, headers, body FROM outbox
-             WHERE seq > ? AND topic IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?",
-        )
-        .bind(after)
-        .bind(topics)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(log_entry).collect()
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT seq, id, topic, subtopic, headers, body FROM outbox
+                 WHERE seq > ?1 AND topic IN (SELECT value FROM json_each(?2))
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = statement.query(params![after, topics, limit])?;
+            log_entries(rows)
+        })
     }
 
     pub async fn unpublished(&self, limit: u32) -> Result<Vec<LogEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, id, topic, subtopic, headers, body FROM outbox
-             WHERE published_at IS NULL ORDER BY seq LIMIT ?",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(log_entry).collect()
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT seq, id, topic, subtopic, headers, body FROM outbox
+                 WHERE published_at IS NULL ORDER BY seq LIMIT ?1",
+            )?;
+            let rows = statement.query(params![limit])?;
+            log_entries(rows)
+        })
     }
 
     pub async fn mark_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
@@ -296,44 +325,42 @@ impl SqliteStore {
             return Ok(());
         }
         let seqs = serde_json::to_string(seqs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let _writer = self.write_lock.lock().await;
-        sqlx::query(
-            "UPDATE outbox SET published_at = ? WHERE seq IN (SELECT value FROM json_each(?))",
-        )
-        .bind(now_rfc3339())
-        .bind(seqs)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "UPDATE outbox SET published_at = ?1 WHERE seq IN (SELECT value FROM json_each(?2))",
+            )?
+            .execute(params![now_rfc3339(), seqs])?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn cursor(&self, consumer: &str) -> Result<i64, StoreError> {
-        let _writer = self.write_lock.lock().await;
-        sqlx::query(
-            "INSERT INTO log_cursors (consumer, position)
-             VALUES (?, (SELECT COALESCE(MAX(seq), 0) FROM outbox)) ON CONFLICT DO NOTHING",
-        )
-        .bind(consumer)
-        .execute(&self.pool)
-        .await?;
-        let position = sqlx::query_scalar("SELECT position FROM log_cursors WHERE consumer = ?")
-            .bind(consumer)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(position)
+        let consumer = consumer.to_string();
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO log_cursors (consumer, position)
+                 VALUES (?1, (SELECT COALESCE(MAX(seq), 0) FROM outbox)) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![consumer])?;
+            Ok(tx
+                .prepare_cached("SELECT position FROM log_cursors WHERE consumer = ?1")?
+                .query_row(params![consumer], |row| row.get(0))?)
+        })
+        .await
     }
 
     pub async fn set_cursor(&self, consumer: &str, position: i64) -> Result<(), StoreError> {
-        let _writer = self.write_lock.lock().await;
-        sqlx::query(
-            "INSERT INTO log_cursors (consumer, position) VALUES (?, ?)
-             ON CONFLICT (consumer) DO UPDATE SET position = MAX(position, excluded.position)",
-        )
-        .bind(consumer)
-        .bind(position)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let consumer = consumer.to_string();
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO log_cursors (consumer, position) VALUES (?1, ?2)
+                 ON CONFLICT (consumer) DO UPDATE SET position = MAX(position, excluded.position)",
+            )?
+            .execute(params![consumer, position])?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn dead_letters(
@@ -341,43 +368,253 @@ impl SqliteStore {
         topic: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeadLetter>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM dead_letters WHERE (?1 IS NULL OR topic = ?1) ORDER BY created_at DESC LIMIT ?2",
-        )
-        .bind(topic)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(dead_letter).collect()
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT * FROM dead_letters WHERE (?1 IS NULL OR topic = ?1)
+                 ORDER BY created_at DESC LIMIT ?2",
+            )?;
+            let mut rows = statement.query(params![topic, limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(dead_letter(row)?);
+            }
+            Ok(out)
+        })
     }
 
     pub async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
-        let row = sqlx::query("SELECT * FROM dead_letters WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(dead_letter).transpose()
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached("SELECT * FROM dead_letters WHERE id = ?1")?;
+            let mut rows = statement.query(params![id])?;
+            rows.next()?.map(dead_letter).transpose()
+        })
     }
 
     pub async fn mark_replayed(&self, id: &str) -> Result<(), StoreError> {
-        let _writer = self.write_lock.lock().await;
-        sqlx::query("UPDATE dead_letters SET replayed_at = ? WHERE id = ?")
-            .bind(now_rfc3339())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let id = id.to_string();
+        self.write(move |tx| {
+            tx.prepare_cached("UPDATE dead_letters SET replayed_at = ?1 WHERE id = ?2")?
+                .execute(params![now_rfc3339(), id])?;
+            Ok(())
+        })
+        .await
     }
 }
 
-/// Holds an exclusive lock on `<database>.lock` until dropped.
-async fn lock_beside(database: &std::path::Path) -> Result<Option<std::fs::File>, StoreError> {
-    if database.as_os_str() == ":memory:" {
-        return Ok(None);
+fn writer_gone() -> StoreError {
+    StoreError::Backend("the SQLite writer thread has stopped".into())
+}
+
+/// Creates or upgrades the schema, and switches the file to WAL, with sqlx's
+/// migrator; then lets the connection go.
+async fn migrate(options: SqliteConnectOptions) -> Result<(), StoreError> {
+    // Another program holding the database may still answer "locked" at once
+    // to these steps (they cannot wait on the busy timeout).
+    let mut attempt = 0u32;
+    loop {
+        let migrated = async {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await?;
+            sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
+            pool.close().await;
+            Ok::<_, StoreError>(())
+        };
+        match migrated.await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 50 && e.to_string().contains("database is locked") => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20 + u64::from(attempt) * 10)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
+}
+
+fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
+    // Readers open read-write too: a read-only connection cannot create the
+    // WAL index if the writer has not yet, and only `read` ever uses them.
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    if read_only {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // NORMAL in WAL mode: a commit survives a crash of the process; only a
+    // power loss may take back the last commits (never corrupt the file).
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// The writer thread: takes jobs until every handle to the store is gone.
+fn write_loop(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
+    let mut next: Option<Job> = None;
+    loop {
+        let job = match next.take() {
+            Some(job) => job,
+            None => match queue.blocking_recv() {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        match job {
+            Job::Run(write) => write(&mut conn),
+            Job::Commit(first, reply) => {
+                let mut group = vec![(first, reply)];
+                while group.len() < MAX_GROUP {
+                    match queue.try_recv() {
+                        Ok(Job::Commit(commit, reply)) => group.push((commit, reply)),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&mut conn, group);
+            }
+        }
+    }
+}
+
+/// Commits a group of units of work in one transaction, each all-or-nothing,
+/// and tells each waiter how its own unit ended.
+fn commit_group(
+    conn: &mut Connection,
+    group: Vec<(Box<OwnedCommit>, oneshot::Sender<Result<(), StoreError>>)>,
+) {
+    let now = now_rfc3339();
+    let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(group.len());
+    let committed = (|| {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let [(only, _)] = group.as_slice() {
+            // Alone: the transaction itself is the unit; a failure rolls it back.
+            let result = apply(&tx, only, &now);
+            let ok = result.is_ok();
+            results.push(result);
+            if ok {
+                tx.commit()?;
+            }
+            return Ok(());
+        }
+        for (commit, _) in &group {
+            let savepoint = tx.savepoint()?;
+            let result = apply(&savepoint, commit, &now);
+            if result.is_ok() {
+                savepoint.commit()?;
+            }
+            // Dropping an uncommitted savepoint rolls back to it.
+            results.push(result);
+        }
+        tx.commit()
+    })();
+    if let Err(e) = committed {
+        // The transaction as a whole failed: nothing of the group is stored.
+        let message = e.to_string();
+        tracing::warn!(error = %message, units = group.len(), "group commit failed");
+        results.clear();
+        results.resize_with(group.len(), || {
+            Err(StoreError::Backend(format!("commit: {message}")))
+        });
+    }
+    for ((_, reply), result) in group.into_iter().zip(results) {
+        let _ = reply.send(result);
+    }
+}
+
+/// The statements of one unit of work: inbox row (a duplicate stops here),
+/// the writes against their base versions, then the events.
+fn apply(conn: &Connection, commit: &OwnedCommit, now: &str) -> Result<(), StoreError> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO inbox (module, message_id, answer, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            commit.module,
+            commit.message_id,
+            commit.answer,
+            now
+        ])?;
+    if inserted == 0 {
+        return Err(StoreError::Duplicate);
+    }
+    for write in &commit.writes {
+        let applied = match write {
+            Write::Put {
+                collection,
+                key,
+                value,
+                base_version: 0,
+            } => conn
+                .prepare_cached(
+                    "INSERT INTO documents (module, collection, key, value, version, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5) ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![commit.module, collection, key, value, now])?,
+            Write::Put {
+                collection,
+                key,
+                value,
+                base_version,
+            } => conn
+                .prepare_cached(
+                    "UPDATE documents SET value = ?1, version = version + 1, updated_at = ?2
+                     WHERE module = ?3 AND collection = ?4 AND key = ?5 AND version = ?6",
+                )?
+                .execute(params![
+                    value,
+                    now,
+                    commit.module,
+                    collection,
+                    key,
+                    version_param(*base_version)?
+                ])?,
+            Write::Delete {
+                collection,
+                key,
+                base_version,
+            } => conn
+                .prepare_cached(
+                    "DELETE FROM documents
+                     WHERE module = ?1 AND collection = ?2 AND key = ?3 AND version = ?4",
+                )?
+                .execute(params![
+                    commit.module,
+                    collection,
+                    key,
+                    version_param(*base_version)?
+                ])?,
+        };
+        if applied != 1 {
+            let (Write::Put {
+                collection, key, ..
+            }
+            | Write::Delete {
+                collection, key, ..
+            }) = write;
+            return Err(StoreError::Conflict {
+                collection: collection.clone(),
+                key: key.clone(),
+            });
+        }
+    }
+    for event in &commit.events {
+        insert_log(conn, event, &commit.module, now)?;
+    }
+    Ok(())
+}
+
+/// Holds an exclusive lock on `<database>.lock` until dropped.
+async fn lock_beside(database: &Path) -> Result<std::fs::File, StoreError> {
     let mut path = database.as_os_str().to_owned();
     path.push(".lock");
-    let locked = tokio::task::spawn_blocking(move || {
+    let path = PathBuf::from(path);
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -387,53 +624,49 @@ async fn lock_beside(database: &std::path::Path) -> Result<Option<std::fs::File>
         Ok::<_, std::io::Error>(file)
     })
     .await
-    .map_err(|e| StoreError::Corrupt(format!("lock task: {e}")))?;
-    locked
-        .map(Some)
-        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))
+    .map_err(|e| StoreError::Backend(format!("lock task: {e}")))?
+    .map_err(|e| StoreError::Backend(format!("locking {shown}: {e}")))
 }
 
-async fn insert_log(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+fn insert_log(
+    conn: &Connection,
     envelope: &Envelope,
     source: &str,
     now: &str,
 ) -> Result<(), StoreError> {
     let headers =
         serde_json::to_string(&envelope.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO outbox (id, topic, subtopic, headers, body, source, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(&envelope.id)
-    .bind(&envelope.topic)
-    .bind(&envelope.subtopic)
-    .bind(headers)
-    .bind(envelope.body_text())
-    .bind(source)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+    )?
+    .execute(params![
+        envelope.id,
+        envelope.topic,
+        envelope.subtopic,
+        headers,
+        envelope.body_text(),
+        source,
+        now
+    ])?;
     Ok(())
 }
 
-fn log_entry(row: &sqlx::sqlite::SqliteRow) -> Result<LogEntry, StoreError> {
-    let headers: String = row.try_get("headers")?;
-    let body: String = row.try_get("body")?;
-    let headers = serde_json::from_str(&headers)
-        .map_err(|e| StoreError::Corrupt(format!("outbox headers: {e}")))?;
-    let envelope = Envelope::new(
-        row.try_get("id")?,
-        row.try_get("topic")?,
-        row.try_get("subtopic")?,
-        headers,
-        &body,
-    )
-    .map_err(|e| StoreError::Corrupt(format!("outbox entry: {e}")))?;
-    Ok(LogEntry {
-        seq: row.try_get("seq")?,
-        envelope,
-    })
+fn log_entries(mut rows: rusqlite::Rows<'_>) -> Result<Vec<LogEntry>, StoreError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let headers: String = row.get(4)?;
+        let body: String = row.get(5)?;
+        let headers = serde_json::from_str(&headers)
+            .map_err(|e| StoreError::Corrupt(format!("outbox headers: {e}")))?;
+        let envelope = Envelope::new(row.get(1)?, row.get(2)?, row.get(3)?, headers, &body)
+            .map_err(|e| StoreError::Corrupt(format!("outbox entry: {e}")))?;
+        out.push(LogEntry {
+            seq: row.get(0)?,
+            envelope,
+        });
+    }
+    Ok(out)
 }
 
 fn version_param(version: u64) -> Result<i64, StoreError> {
@@ -441,30 +674,29 @@ fn version_param(version: u64) -> Result<i64, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("version {version} out of range")))
 }
 
-fn document(row: &sqlx::sqlite::SqliteRow) -> Result<Document, StoreError> {
-    let version: i64 = row.try_get("version")?;
+fn document(value: String, version: i64) -> Result<Document, StoreError> {
     Ok(Document {
-        value: row.try_get("value")?,
+        value,
         version: u64::try_from(version)
             .map_err(|_| StoreError::Corrupt(format!("negative version {version}")))?,
     })
 }
 
-fn dead_letter(row: &sqlx::sqlite::SqliteRow) -> Result<DeadLetter, StoreError> {
-    let envelope: String = row.try_get("envelope")?;
-    let attempts: i64 = row.try_get("attempts")?;
+fn dead_letter(row: &rusqlite::Row<'_>) -> Result<DeadLetter, StoreError> {
+    let envelope: String = row.get("envelope")?;
+    let attempts: i64 = row.get("attempts")?;
     Ok(DeadLetter {
-        id: row.try_get("id")?,
-        module: row.try_get("module")?,
-        message_id: row.try_get("message_id")?,
-        topic: row.try_get("topic")?,
-        subtopic: row.try_get("subtopic")?,
+        id: row.get("id")?,
+        module: row.get("module")?,
+        message_id: row.get("message_id")?,
+        topic: row.get("topic")?,
+        subtopic: row.get("subtopic")?,
         envelope: serde_json::from_str(&envelope)
             .map_err(|e| StoreError::Corrupt(format!("dead letter: {e}")))?,
-        error_kind: row.try_get("error_kind")?,
-        error_message: row.try_get("error_message")?,
+        error_kind: row.get("error_kind")?,
+        error_message: row.get("error_message")?,
         attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-        created_at: row.try_get("created_at")?,
-        replayed_at: row.try_get("replayed_at")?,
+        created_at: row.get("created_at")?,
+        replayed_at: row.get("replayed_at")?,
     })
 }

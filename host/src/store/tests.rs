@@ -212,6 +212,65 @@ async fn concurrent_deliveries_of_one_id_commit_once(store: Store) {
     assert_eq!(copies.len(), 1);
 }
 
+async fn units_committed_together_fail_alone(store: Store) {
+    // Many units at once: on SQLite they share transactions (group commit).
+    // Every third one ends with a stale write after a good one; it must
+    // leave nothing (no write, inbox row or event) while the others commit.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut writes = vec![put(&format!("unit-{i:03}"), "1", 0)];
+            if i % 3 == 0 {
+                writes.push(put("never-written", "1", 7));
+            }
+            let events = [event(&format!("unit-event-{i}"), "units", "{}")];
+            let id = format!("unit-{i}");
+            (i, store.commit(&commit(&id, &writes, &events)).await)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap() {
+            (i, Ok(())) => assert_ne!(i % 3, 0, "unit {i} should have conflicted"),
+            (i, Err(StoreError::Conflict { key, .. })) => {
+                assert_eq!((i % 3, key.as_str()), (0, "never-written"));
+            }
+            (i, Err(e)) => panic!("unit {i}: {e}"),
+        }
+    }
+    let written: Vec<String> = store
+        .scan("inventory", "stock", "unit-", 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    let expected: Vec<String> = (0..300)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("unit-{i:03}"))
+        .collect();
+    assert_eq!(written, expected);
+    let mut logged = whole_log(&store, &["units"]).await;
+    logged.sort();
+    let mut expected_events: Vec<String> = (0..300)
+        .filter(|i| i % 3 != 0)
+        .map(|i| format!("unit-event-{i}"))
+        .collect();
+    expected_events.sort();
+    assert_eq!(logged, expected_events);
+    for i in [0, 3, 150, 297] {
+        let id = format!("unit-{i}");
+        assert_eq!(store.inbox_answer("inventory", &id).await.unwrap(), None);
+    }
+    assert!(
+        store
+            .inbox_answer("inventory", "unit-1")
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 async fn the_log_keeps_emit_order_and_cursors_only_move_forward(store: Store) {
     let a = [
         event("a1", "orders.events", "1"),
@@ -530,6 +589,7 @@ store_tests!(
     concurrent_read_modify_write_loses_no_update,
     a_message_id_commits_once_and_keeps_its_first_answer,
     concurrent_deliveries_of_one_id_commit_once,
+    units_committed_together_fail_alone,
     the_log_keeps_emit_order_and_cursors_only_move_forward,
     a_log_reader_racing_concurrent_commits_misses_nothing,
     dead_letters_are_listed_replaced_and_marked_replayed,
