@@ -79,7 +79,8 @@ pub struct HostSettings {
     pub rollback_after: u32,
     /// `max-connections`: the database pool's size per host process; the
     /// backend's default when absent. With several hosts on one PostgreSQL,
-    /// hosts x this must stay under the server's `max_connections`.
+    /// hosts x this must stay under the server's `max_connections`. On
+    /// SQLite it is the number of reader connections (writes have their own).
     pub max_connections: Option<u32>,
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -16,6 +16,10 @@ use crate::server::Reloader;
 /// A burst of changes (a copy written in several chunks, a build replacing
 /// several modules) is applied once it has been quiet this long.
 pub const QUIET: Duration = Duration::from_millis(250);
+/// The quiet period after an event that leaves a file complete (renamed into
+/// place, or closed after writing): only other files of the same burst are
+/// still worth waiting for.
+pub const SETTLE: Duration = Duration::from_millis(40);
 /// A file that never stops changing is still picked up after this long, so
 /// the 2 s promise of SPEC §8 holds (a half-written file is refused by
 /// compilation and the previous version keeps serving).
@@ -49,6 +53,18 @@ impl Watched {
                 || (p.parent() == Some(self.plugins_dir.as_path())
                     && p.extension().is_some_and(|x| x == "wasm"))
         })
+    }
+}
+
+/// How long to wait for more changes after `event`: a file renamed into
+/// place or closed after writing is complete, so a short [`SETTLE`] lets the
+/// rest of a burst arrive; any other change (a copy still being written)
+/// waits the full [`QUIET`].
+fn quiet_after(event: &Event) -> Duration {
+    match event.kind {
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+        | EventKind::Access(AccessKind::Close(AccessMode::Write)) => SETTLE,
+        _ => QUIET,
     }
 }
 
@@ -107,12 +123,14 @@ impl FolderWatcher {
         loop {
             // Wait for the first relevant change.
             let mut manifest_changed = false;
+            let mut quiet = QUIET;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 event = rx.recv() => match event {
                     None => return,
                     Some(Ok(event)) if watched.relevant(&event) => {
                         manifest_changed = event.paths.contains(&watched.manifest);
+                        quiet = quiet_after(&event);
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => {
@@ -136,7 +154,7 @@ impl FolderWatcher {
             // Debounce: wait until nothing relevant happened for QUIET, but no
             // longer than MAX_DELAY after the first change.
             let first = Instant::now();
-            let mut deadline = first + QUIET;
+            let mut deadline = first + quiet;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -145,7 +163,7 @@ impl FolderWatcher {
                         None => return,
                         Some(Ok(event)) if watched.relevant(&event) => {
                             manifest_changed |= event.paths.contains(&watched.manifest);
-                            deadline = (Instant::now() + QUIET).min(first + MAX_DELAY);
+                            deadline = (Instant::now() + quiet_after(&event)).min(first + MAX_DELAY);
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => tracing::warn!(error = %e, "file watcher error"),
