@@ -133,6 +133,35 @@ impl RedisBus {
         let _: String = cmd.query_async(&mut conn).await?;
         Ok(())
     }
+
+    /// How far `module`'s consumer group is behind on the stream of `topic`
+    /// (XINFO GROUPS `lag`), as (stream key, group, lag); `None` while the
+    /// stream or the group does not exist or Redis cannot tell.
+    pub async fn group_lag(
+        &self,
+        module: &str,
+        topic: &str,
+    ) -> Result<Option<(String, String, u64)>, BusError> {
+        let key = self.key(topic);
+        let group = self.group(module);
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamInfoGroupsReply = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) if e.to_string().contains("no such key") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let lag = reply
+            .groups
+            .into_iter()
+            .find(|g| g.name == group)
+            .and_then(|g| g.lag);
+        Ok(lag.map(|lag| (key, group, lag as u64)))
+    }
 }
 
 /// Starts a consumer per loaded module, and more as modules appear.

@@ -368,6 +368,141 @@ impl SqliteStore {
             .await?;
         Ok(())
     }
+
+    // Reads for operators (GET /v1/messages/{id}, /metrics, dlq replay).
+
+    pub async fn inbox_records(
+        &self,
+        message_id: &str,
+        modules: &[String],
+    ) -> Result<Vec<super::InboxRecord>, StoreError> {
+        let modules =
+            serde_json::to_string(modules).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT module, answer, created_at FROM inbox
+             WHERE module IN (SELECT value FROM json_each(?)) AND message_id = ? ORDER BY module",
+        )
+        .bind(modules)
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::InboxRecord {
+                    module: r.try_get("module")?,
+                    answer: r.try_get("answer")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn dead_letters_of(
+        &self,
+        message_id: &str,
+        modules: &[String],
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let modules =
+            serde_json::to_string(modules).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT * FROM dead_letters
+             WHERE module IN (SELECT value FROM json_each(?)) AND message_id = ? ORDER BY module",
+        )
+        .bind(modules)
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
+
+    pub async fn outbox_records(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<super::OutboxRecord>, StoreError> {
+        let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rows = sqlx::query(
+            "SELECT seq, id, topic, subtopic, headers, body, source, created_at, published_at
+             FROM outbox WHERE id IN (SELECT value FROM json_each(?)) ORDER BY seq",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::OutboxRecord {
+                    envelope: log_entry(r)?.envelope,
+                    seq: r.try_get("seq")?,
+                    source: r.try_get("source")?,
+                    created_at: r.try_get("created_at")?,
+                    published_at: r.try_get("published_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn outbox_backlog(&self) -> Result<super::OutboxBacklog, StoreError> {
+        let entries: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let oldest: Option<String> = sqlx::query_scalar(
+            "SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let oldest_age = match oldest {
+            Some(text) => {
+                let at = time::OffsetDateTime::parse(
+                    &text,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(|e| StoreError::Corrupt(format!("outbox created_at {text:?}: {e}")))?;
+                let age = time::OffsetDateTime::now_utc() - at;
+                Some(std::time::Duration::try_from(age).unwrap_or_default())
+            }
+            None => None,
+        };
+        Ok(super::OutboxBacklog {
+            entries: u64::try_from(entries).unwrap_or(0),
+            oldest_age,
+        })
+    }
+
+    pub async fn log_lag(
+        &self,
+        consumer: &str,
+        topics: &[String],
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let list = serde_json::to_string(topics).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let counted: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT topic, COUNT(*) FROM outbox
+             WHERE seq > COALESCE((SELECT position FROM log_cursors WHERE consumer = ?),
+                                  9223372036854775807)
+               AND topic IN (SELECT value FROM json_each(?))
+             GROUP BY topic",
+        )
+        .bind(consumer)
+        .bind(list)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(super::lag_per_topic(topics, counted))
+    }
+
+    pub async fn unreplayed_dead_letters(
+        &self,
+        topic: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM dead_letters WHERE topic = ? AND replayed_at IS NULL
+             ORDER BY created_at, id LIMIT ?",
+        )
+        .bind(topic)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dead_letter).collect()
+    }
 }
 
 /// Holds an exclusive lock on `<database>.lock` until dropped.
