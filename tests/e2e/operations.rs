@@ -746,3 +746,76 @@ async fn log_format_json_writes_one_object_per_line_with_the_message_span() {
     assert_eq!(failed["span"]["module"], "orders");
     assert_eq!(failed["span"]["trace_id"].as_str().map(str::len), Some(32));
 }
+
+/// `switchyard_consumer_lag` of the one group on `stream`, if scraped.
+fn lag_of(samples: &Samples, stream: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|((name, labels), _)| {
+            name == "switchyard_consumer_lag"
+                && labels.get("stream").map(String::as_str) == Some(stream)
+        })
+        .map(|(_, v)| *v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_consumer_lag_and_outbox_backlog_are_read_on_scrape() {
+    use redis::AsyncCommands;
+
+    let streams = crate::redis_streams::Streams::new().await;
+    let project = Project::new(
+        &["slow"],
+        &format!(
+            "{}batch = 1\n\n[modules.slow]\nfile = \"slow.wasm\"\ntimeout-ms = 10000\n",
+            streams.section(30_000)
+        ),
+    );
+    let host = project.start().await;
+    // Four entries that take 0.6 s each, read one at a time: the group
+    // falls behind, then catches up.
+    let stream = format!("{}slow", streams.prefix);
+    let mut conn = streams.conn.clone();
+    for _ in 0..4 {
+        let _: String = conn
+            .xadd(
+                &stream,
+                "*",
+                &[("subtopic", "spin"), ("body", r#"{"ms":600}"#)],
+            )
+            .await
+            .unwrap();
+    }
+    let behind = eventually("the group behind", Duration::from_secs(10), || async {
+        let (_, samples) = scrape(&host).await;
+        lag_of(&samples, &stream).filter(|lag| *lag >= 1.0)
+    })
+    .await;
+    assert!(behind <= 3.0, "one entry is being handled: {behind}");
+    let samples = eventually("the group caught up", Duration::from_secs(20), || async {
+        let (_, samples) = scrape(&host).await;
+        (lag_of(&samples, &stream) == Some(0.0)
+            && handled(&samples, "slow", "slow", "processed") == 4.0)
+            .then_some(samples)
+    })
+    .await;
+    let group = samples
+        .keys()
+        .find(|(name, labels)| name == "switchyard_consumer_lag" && labels["stream"] == stream)
+        .map(|(_, labels)| labels["group"].clone())
+        .unwrap();
+    assert!(group.ends_with(".slow"), "{group}");
+    // With a broker the outbox drains to it: nothing waits there.
+    assert_eq!(
+        sample(&samples, "switchyard_outbox_backlog", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "switchyard_outbox_oldest_unpublished_age_seconds",
+            &[]
+        ),
+        Some(0.0)
+    );
+    host.stop().await;
+}
