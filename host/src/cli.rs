@@ -27,6 +27,16 @@ pub struct Cli {
     /// The manifest; relative paths in it resolve against its folder.
     #[arg(long, global = true, default_value = "plugins.toml")]
     pub config: PathBuf,
+    /// How the host's log is written (to stderr): readable text, or one
+    /// JSON object per line with the message's span fields.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "SWITCHYARD_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -86,13 +96,25 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum DlqAction {
+    /// The newest dead letters (of one topic).
     List {
         #[arg(long)]
         topic: Option<String>,
     },
+    /// Replay one dead letter by id, or every one of a topic not replayed yet.
     Replay {
-        id: String,
+        /// The dead letter's id (from `dlq list`).
+        #[arg(required_unless_present = "topic", conflicts_with = "topic")]
+        id: Option<String>,
+        #[arg(long)]
+        topic: Option<String>,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -231,8 +253,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     r
                 }
-                DlqAction::Replay { id } => {
+                DlqAction::Replay { id: Some(id), .. } => {
                     client.post(format!("{base}/v1/dead-letters/{id}/replay"))
+                }
+                DlqAction::Replay { id: None, topic } => {
+                    let topic = topic.context("give a dead letter id or --topic")?;
+                    let response = client
+                        .post(format!("{base}/v1/dead-letters/replay"))
+                        .query(&[("topic", topic)])
+                        .bearer_auth(token)
+                        .send()
+                        .await
+                        .with_context(|| format!("calling {base}"))?;
+                    return print_replay_summary(response).await;
                 }
             };
             let response = request
@@ -320,6 +353,31 @@ async fn print_response(response: reqwest::Response) -> anyhow::Result<ExitCode>
         eprintln!("switchyard: HTTP {status}");
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Prints the answer of a replay by topic; fails when any replay failed.
+async fn print_replay_summary(response: reqwest::Response) -> anyhow::Result<ExitCode> {
+    let status = response.status();
+    let text = response.text().await.context("reading the answer")?;
+    let summary: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    let pretty = summary
+        .as_ref()
+        .and_then(|v| serde_json::to_string_pretty(v).ok())
+        .unwrap_or(text);
+    println!("{pretty}");
+    if !status.is_success() {
+        eprintln!("switchyard: HTTP {status}");
+        return Ok(ExitCode::FAILURE);
+    }
+    let failed = summary
+        .as_ref()
+        .and_then(|v| v["failed"].as_u64())
+        .unwrap_or(0);
+    if failed > 0 {
+        eprintln!("switchyard: {failed} dead letter(s) failed again and stay in the queue");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads every module as `up` would and prints the routes.

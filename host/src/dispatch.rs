@@ -16,6 +16,7 @@ use crate::engine::{EPOCH_TICK, Engine, POOL_INSTANCES};
 use crate::envelope::{self, CAUSATION_ID, CORRELATION_ID, Envelope, PARTITION_KEY, TIMESTAMP};
 use crate::registry::{LoadedModule, Registry, Verdict, count};
 use crate::store::{Commit, DeadLetter, Store, StoreError};
+use crate::trace;
 use crate::uow::{MessageMeta, UnitOfWork};
 
 /// Version conflicts are retried on fresh state this many times before the
@@ -143,6 +144,7 @@ impl Dispatcher {
             Some(key) => Some(self.partition_lock(&module.name, key).lock().await),
             None => None,
         };
+        let trace = trace::Handling::of(&module.name, envelope);
         let span = tracing::info_span!(
             "message",
             module = %module.name,
@@ -150,11 +152,16 @@ impl Dispatcher {
             subtopic = %envelope.subtopic,
             id = %envelope.id,
             correlation_id = %envelope.correlation_id(),
+            trace_id = %trace.trace_id_hex(),
+            span_id = %trace.span_id_hex(),
         );
+        let started = std::time::Instant::now();
         let outcome = self
             .deliver_with_retries(module, envelope, delivery)
             .instrument(span)
             .await;
+        let metrics = &self.registry.metrics;
+        metrics.delivered(&module.name, &envelope.topic, &outcome, started.elapsed());
         // A version on trial (just reloaded) that fails its first messages
         // gives its module back to the version it replaced; after the trial
         // this is two relaxed atomic operations.
@@ -250,6 +257,7 @@ impl Dispatcher {
         let meta = MessageMeta {
             id: envelope.id.clone(),
             correlation_id: envelope.correlation_id().to_string(),
+            traceparent: trace::Handling::of(&module.name, envelope).child(),
         };
         let uow = UnitOfWork::new(module.grants.clone(), self.store.clone(), meta);
         let mut store =
@@ -270,7 +278,9 @@ impl Dispatcher {
         };
         let timeout = module.limits.timeout;
         let call = async {
+            let instantiating = std::time::Instant::now();
             let guest = module.pre.instantiate_async(&mut store).await?;
+            (self.registry.metrics).instantiated(&module.name, instantiating.elapsed());
             guest.call_handle(&mut store, &message).await
         };
         // The epoch deadline stops guest code; this also bounds time spent
@@ -415,11 +425,10 @@ fn failure_event(envelope: &Envelope, failure: &Failure) -> Option<Envelope> {
     if envelope.topic.ends_with(".failed") {
         return None;
     }
-    let id = uuid::Uuid::new_v5(
-        &uuid::Uuid::NAMESPACE_OID,
-        format!("{}\n{}", failure.module, envelope.id).as_bytes(),
-    );
+    let id = failure_event_id(&failure.module, &envelope.id);
     let mut headers = std::collections::BTreeMap::new();
+    let trace = trace::Handling::of(&failure.module, envelope);
+    headers.insert(trace::TRACEPARENT.to_string(), trace.child());
     headers.insert(
         CORRELATION_ID.to_string(),
         envelope.correlation_id().to_string(),
@@ -437,7 +446,7 @@ fn failure_event(envelope: &Envelope, failure: &Failure) -> Option<Envelope> {
         "module": failure.module,
     });
     match Envelope::new(
-        id.to_string(),
+        id,
         format!("{}.failed", envelope.topic),
         envelope.subtopic.clone(),
         headers,
@@ -449,6 +458,16 @@ fn failure_event(envelope: &Envelope, failure: &Failure) -> Option<Envelope> {
             None
         }
     }
+}
+
+/// The id of the failure event of `module` handling `message_id`: the same
+/// for every failed attempt, so `GET /v1/messages/{id}` can find it.
+pub fn failure_event_id(module: &str, message_id: &str) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{module}\n{message_id}").as_bytes(),
+    )
+    .to_string()
 }
 
 fn decode_answer(text: &str) -> Attempt {

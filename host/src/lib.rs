@@ -17,7 +17,9 @@
 //!   config, log, clock), bound to the message's [`uow`] unit of work;
 //! - [`store`]: documents, inbox, outbox/log, dead letters (SQLite, or
 //!   PostgreSQL for several hosts on one database);
+//! - [`trace`]: W3C `traceparent` carried from a message to its events;
 //! - [`manifest`]: `plugins.toml`; [`builder`]: `switchyard build`;
+//! - [`metrics`]: the Prometheus series of `/metrics`;
 //! - [`server`]: wiring and shutdown; [`cli`]: the command line.
 
 pub mod builder;
@@ -29,9 +31,11 @@ pub mod engine;
 pub mod envelope;
 pub mod ingress;
 pub mod manifest;
+pub mod metrics;
 pub mod registry;
 pub mod relay;
 pub mod server;
 pub mod store;
+pub mod trace;
 pub mod uow;
 pub mod watch;

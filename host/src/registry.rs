@@ -20,6 +20,7 @@ use crate::manifest::{
     DEFAULT_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MEMORY_MB, DEFAULT_TIMEOUT_MS, Manifest,
     ModuleEntry,
 };
+use crate::metrics::Metrics;
 
 /// What a module may touch, fixed when it loads.
 #[derive(Debug, Clone, Default)]
@@ -230,6 +231,8 @@ pub struct Registry {
     rejected: Mutex<HashMap<PathBuf, Rejected>>,
     /// Why the last reload could not read plugins.toml (nothing changed then).
     manifest_error: Mutex<Option<String>>,
+    /// This host's metrics; here because they, like `stats`, outlive reloads.
+    pub metrics: Arc<Metrics>,
 }
 
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -490,6 +493,7 @@ impl Registry {
                     && old.sha256 != module.sha256
                 {
                     module.arm(old);
+                    self.metrics.reloaded(&module.name);
                 }
                 FileLoad {
                     module: Some(module),
@@ -515,6 +519,7 @@ impl Registry {
             failing.version, failing.sha256, failing.rollback_after, to.version, to.sha256
         );
         tracing::error!(module = %failing.name, file = %failing.file.display(), "{message}");
+        self.metrics.rolled_back(&failing.name);
         locked(&self.rejected).insert(
             failing.file.clone(),
             Rejected {

@@ -203,6 +203,7 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         ));
     }
     tracker.spawn(watcher.run(reloader, shutdown.clone()));
+    tracker.spawn(metrics_upkeep(dispatcher.clone(), shutdown.clone()));
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;
@@ -222,6 +223,19 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         tracker,
         dispatcher,
     })
+}
+
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps the metrics' memory bounded when nobody scrapes `/metrics`.
+async fn metrics_upkeep(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(METRICS_UPKEEP) => dispatcher.registry.metrics.upkeep(),
+        }
+    }
 }
 
 /// Serves until `signal` resolves, then drains.

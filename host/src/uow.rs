@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::envelope::{self, CAUSATION_ID, CORRELATION_ID, Envelope, TIMESTAMP};
 use crate::registry::Grants;
 use crate::store::{Document, Store, StoreError, Write};
+use crate::trace::TRACEPARENT;
 
 /// Longest collection name a module may use, in bytes.
 pub const MAX_COLLECTION_LEN: usize = 128;
@@ -53,6 +54,8 @@ pub enum EmitFailure {
 pub struct MessageMeta {
     pub id: String,
     pub correlation_id: String,
+    /// The `traceparent` of the events this message's handler emits.
+    pub traceparent: String,
 }
 
 #[derive(Debug, Clone)]
@@ -329,6 +332,7 @@ impl UnitOfWork {
         map.insert(CORRELATION_ID.into(), message.correlation_id.clone());
         map.insert(CAUSATION_ID.into(), message.id.clone());
         map.insert(TIMESTAMP.into(), envelope::now_rfc3339());
+        map.insert(TRACEPARENT.into(), message.traceparent.clone());
         let event = Envelope::new(envelope::new_id(), topic, subtopic, map, &body)
             .map_err(|e| EmitFailure::Invalid(e.to_string()))?;
         let id = event.id.clone();

@@ -10,6 +10,7 @@ mod concurrency;
 mod failures;
 #[cfg(feature = "kafka")]
 mod kafka_topics;
+mod operations;
 mod postgres;
 mod redis_streams;
 mod reload;

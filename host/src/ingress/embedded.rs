@@ -35,7 +35,8 @@ pub async fn init_cursors(dispatcher: &Dispatcher) -> Result<(), crate::store::S
     Ok(())
 }
 
-fn consumer_name(module: &str) -> String {
+/// The log cursor of `module`'s reader.
+pub(crate) fn consumer_name(module: &str) -> String {
     format!("embedded.{module}")
 }
 

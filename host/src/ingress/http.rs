@@ -2,7 +2,6 @@
 //! listing, dead letters, health and metrics.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -16,11 +15,12 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::dispatch::{Dispatcher, FailureKind, Outcome};
+use crate::dispatch::{Dispatcher, FailureKind, Outcome, failure_event_id};
 use crate::envelope::{self, Envelope};
 use crate::registry::LoadedModule;
 use crate::relay::Broker;
 use crate::server::Reloader;
+use crate::store::DeadLetter;
 
 /// Most dead letters one listing returns.
 const MAX_DEAD_LETTERS: u32 = 1_000;
@@ -81,6 +81,8 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/messages/{id}", get(message_status))
+        .route("/v1/dead-letters/replay", post(replay_topic))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
@@ -281,76 +283,71 @@ async fn list_modules(State(state): State<Arc<ApiState>>) -> Json<serde_json::Va
     }))
 }
 
+/// Readiness per dependency: `{"ready", "checks": {"database", <broker>...,
+/// "modules"}}`, 503 unless the database and every broker answer. Modules
+/// are reported, not required: a host with none loaded still serves the
+/// API that loads them.
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    let mut checks = serde_json::Map::new();
+    let mut ready = true;
     let database = match state.dispatcher.store.ping().await {
-        Ok(()) => true,
+        Ok(()) => json!({"ok": true, "error": null}),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: database unreachable");
-            false
+            ready = false;
+            json!({"ok": false, "error": dependency_error(&e)})
         }
     };
-    let mut body = json!({"database": if database { "ok" } else { "unreachable" }});
-    let mut ready = database;
+    checks.insert("database".into(), database);
     for broker in &state.brokers {
         let up = broker.ping().await;
         if !up {
             tracing::warn!(broker = broker.name(), "readiness: broker unreachable");
         }
-        body[broker.name()] = json!(if up { "ok" } else { "unreachable" });
         ready &= up;
+        let error = (!up).then_some("unreachable");
+        checks.insert(broker.name().into(), json!({"ok": up, "error": error}));
     }
-    body["ready"] = json!(ready);
+    let routes = state.dispatcher.registry.routes();
+    checks.insert(
+        "modules".into(),
+        json!({"loaded": routes.modules.len(), "failed": routes.problems.len()}),
+    );
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (status, Json(json!({"ready": ready, "checks": checks}))).into_response()
+}
+
+/// Why the database did not answer, without its own words (they may name
+/// hosts, users or SQL; those go to the log).
+fn dependency_error(e: &crate::store::StoreError) -> String {
+    use crate::store::StoreError;
+    match e {
+        StoreError::Database(sqlx::Error::PoolTimedOut) => {
+            "no connection within the acquire timeout".into()
+        }
+        StoreError::Database(sqlx::Error::Io(io)) => format!("cannot connect: {}", io.kind()),
+        StoreError::Database(sqlx::Error::Database(db)) => format!(
+            "the database answered with error {}",
+            db.code().unwrap_or_default()
+        ),
+        _ => "unreachable".into(),
+    }
 }
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let routes = state.dispatcher.registry.routes();
-    let mut out = String::new();
-    let families = [
-        (
-            "switchyard_messages_handled_total",
-            "Messages whose unit of work committed.",
-            true,
-        ),
-        (
-            "switchyard_messages_failed_total",
-            "Messages whose handling ended in a failure.",
-            false,
-        ),
-    ];
-    for (name, help, handled) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for m in routes.modules.values() {
-            let stats = &m.stats;
-            let value = if handled {
-                &stats.handled
-            } else {
-                &stats.failed
-            };
-            let _ = writeln!(
-                out,
-                "{name}{{module=\"{}\"}} {}",
-                m.name,
-                value.load(std::sync::atomic::Ordering::Relaxed)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_modules_loaded Modules serving now.\n# TYPE switchyard_modules_loaded gauge\nswitchyard_modules_loaded {}",
-        routes.modules.len()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP switchyard_module_load_errors Modules or files that failed to load.\n# TYPE switchyard_module_load_errors gauge\nswitchyard_module_load_errors {}",
-        routes.problems.len()
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    let text = crate::metrics::scrape(&state.dispatcher, &state.brokers).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 fn check_admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -420,8 +417,9 @@ async fn replay_dead_letter(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
-    let store = &state.dispatcher.store;
-    let letter = store
+    let letter = state
+        .dispatcher
+        .store
         .dead_letter(&id)
         .await
         .map_err(|e| ApiError::internal("could not read the dead letter", e))?
@@ -432,6 +430,15 @@ async fn replay_dead_letter(
                 format!("no dead letter '{id}'"),
             )
         })?;
+    let outcome = replay(&state, &letter).await?;
+    answer(&letter.message_id, outcome)
+}
+
+/// Hands a dead letter's envelope, with its id, to the module that failed
+/// it, as a new attempt: the first attempts never committed, so the inbox
+/// does not answer `duplicate` unless the message was processed since.
+/// Marks the letter replayed when the message is processed.
+async fn replay(state: &ApiState, letter: &DeadLetter) -> Result<Outcome, ApiError> {
     let envelope = Envelope::from_json(letter.envelope.to_string().as_bytes(), envelope::new_id)
         .map_err(|e| {
             ApiError::new(
@@ -456,10 +463,183 @@ async fn replay_dead_letter(
         })?;
     let outcome = state.dispatcher.deliver(&module, &envelope).await;
     if matches!(outcome, Outcome::Processed(_) | Outcome::Duplicate(_)) {
-        store
-            .mark_replayed(&id)
+        state
+            .dispatcher
+            .store
+            .mark_replayed(&letter.id)
             .await
             .map_err(|e| ApiError::internal("could not mark the replay", e))?;
     }
-    answer(&envelope.id, outcome)
+    Ok(outcome)
+}
+
+#[derive(Deserialize)]
+struct ReplayParams {
+    topic: String,
+    limit: Option<u32>,
+}
+
+/// `POST /v1/dead-letters/replay?topic=T`: replays the dead letters of `T`
+/// not replayed yet, oldest first, one at a time; answers with each result
+/// and the counts (200 even when some failed again: they stay dead letters).
+async fn replay_topic(
+    State(state): State<Arc<ApiState>>,
+    Query(params): Query<ReplayParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let limit = params
+        .limit
+        .unwrap_or(MAX_DEAD_LETTERS)
+        .min(MAX_DEAD_LETTERS);
+    let letters = state
+        .dispatcher
+        .store
+        .unreplayed_dead_letters(&params.topic, limit)
+        .await
+        .map_err(|e| ApiError::internal("could not read dead letters", e))?;
+    let (mut replayed, mut failed) = (0u32, 0u32);
+    let mut results = Vec::with_capacity(letters.len());
+    for letter in &letters {
+        let mut result = json!({"dead_letter_id": letter.id, "message_id": letter.message_id, "module": letter.module});
+        match replay(&state, letter).await {
+            Ok(Outcome::Processed(_)) => {
+                replayed += 1;
+                result["status"] = json!("processed");
+            }
+            Ok(Outcome::Duplicate(_)) => {
+                replayed += 1;
+                result["status"] = json!("duplicate");
+            }
+            Ok(Outcome::Failed(f)) => {
+                failed += 1;
+                result["status"] = json!("failed");
+                result["error"] = json!({"kind": f.kind.as_str(), "message": f.message});
+            }
+            Err(e) => {
+                failed += 1;
+                result["status"] = json!("failed");
+                result["error"] = json!({"kind": e.kind, "message": e.message});
+            }
+        }
+        results.push(result);
+    }
+    Ok(Json(json!({
+        "topic": params.topic,
+        "replayed": replayed,
+        "failed": failed,
+        "results": results,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct MessageParams {
+    /// Only this module's handling of the message.
+    module: Option<String>,
+}
+
+/// `GET /v1/messages/{id}` (admin): where a message is, per module that
+/// handled it or should: `processed` (with the stored answer), `dead-lettered`
+/// (with the error), `failed` (rejected: failure event, no dead letter),
+/// `pending` (in the log, not handled yet); 404 when nothing knows the id.
+/// Looks at the modules loaded now (or `?module=`).
+async fn message_status(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    Query(params): Query<MessageParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let routes = state.dispatcher.registry.routes();
+    let modules: Vec<String> = match params.module {
+        Some(m) => vec![m],
+        None => routes.modules.keys().cloned().collect(),
+    };
+    let store = &state.dispatcher.store;
+    let unavailable = |e| ApiError::internal("could not look the message up", e);
+    let processed = store
+        .inbox_records(&id, &modules)
+        .await
+        .map_err(unavailable)?;
+    let letters = store
+        .dead_letters_of(&id, &modules)
+        .await
+        .map_err(unavailable)?;
+    let failure_ids: Vec<String> = modules.iter().map(|m| failure_event_id(m, &id)).collect();
+    let mut lookup = failure_ids.clone();
+    lookup.push(id.clone());
+    let rows = store.outbox_records(&lookup).await.map_err(unavailable)?;
+    let logged = rows.iter().find(|r| r.envelope.id == id);
+
+    // Who should handle it, when the log says what it is.
+    let expected: Vec<&String> = match logged {
+        Some(r) => {
+            let topic = &r.envelope.topic;
+            let owner = routes.commands.get(topic).map(|m| &m.name);
+            let subscribers = routes.subscribers.get(topic).into_iter().flatten();
+            owner
+                .into_iter()
+                .chain(subscribers.map(|m| &m.name))
+                .filter(|m| modules.contains(*m))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let mut handlings = Vec::new();
+    for (module, failure_id) in modules.iter().zip(&failure_ids) {
+        let inbox = processed.iter().find(|r| &r.module == module);
+        let letter = letters.iter().find(|l| &l.module == module);
+        let failure = rows.iter().find(|r| &r.envelope.id == failure_id);
+        let dead_letter = letter.map(|l| {
+            json!({"id": l.id, "error": {"kind": l.error_kind, "message": l.error_message},
+                   "attempts": l.attempts, "created_at": l.created_at, "replayed_at": l.replayed_at})
+        });
+        let handling = if let Some(r) = inbox {
+            let answer: serde_json::Value =
+                serde_json::from_str(&r.answer).unwrap_or(serde_json::Value::Null);
+            json!({"module": module, "status": "processed", "processed_at": r.created_at,
+                   "output": answer["output"], "events": answer["events"], "dead_letter": dead_letter})
+        } else if let Some(l) = letter {
+            json!({"module": module, "status": "dead-lettered",
+                   "error": {"kind": l.error_kind, "message": l.error_message},
+                   "attempts": l.attempts, "dead_letter": dead_letter})
+        } else if let Some(f) = failure {
+            let body: serde_json::Value =
+                serde_json::from_str(f.envelope.body_text()).unwrap_or(serde_json::Value::Null);
+            json!({"module": module, "status": "failed",
+                   "error": {"kind": body["kind"], "message": body["message"]},
+                   "attempts": body["attempt"], "failed_at": f.created_at})
+        } else if expected.contains(&module) {
+            json!({"module": module, "status": "pending"})
+        } else {
+            continue;
+        };
+        handlings.push(handling);
+    }
+    if handlings.is_empty() && logged.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no module has processed, failed or been sent message '{id}'"),
+        ));
+    }
+    let has = |status: &str| handlings.iter().any(|h| h["status"] == status);
+    let status = if has("dead-lettered") {
+        "dead-lettered"
+    } else if has("failed") {
+        "failed"
+    } else if has("pending") || handlings.is_empty() {
+        "pending"
+    } else {
+        "processed"
+    };
+    let mut body = json!({"id": id, "status": status, "modules": handlings});
+    if let Some(r) = logged {
+        body["topic"] = json!(r.envelope.topic);
+        body["subtopic"] = json!(r.envelope.subtopic);
+        body["log"] = json!({"seq": r.seq, "source": r.source, "created_at": r.created_at,
+                             "published_at": r.published_at});
+    }
+    Ok(Json(body).into_response())
 }

@@ -104,12 +104,12 @@ impl RedisBus {
             .is_ok()
     }
 
-    async fn ack(&self, key: &str, group: &str, id: &str) -> Result<(), BusError> {
+    async fn ack(&self, key: &str, group: &str, ids: &[String]) -> Result<(), BusError> {
         let mut conn = self.conn.clone();
         let _: i64 = redis::cmd("XACK")
             .arg(key)
             .arg(group)
-            .arg(id)
+            .arg(ids)
             .query_async(&mut conn)
             .await?;
         Ok(())
@@ -132,6 +132,35 @@ impl RedisBus {
         let mut conn = self.conn.clone();
         let _: String = cmd.query_async(&mut conn).await?;
         Ok(())
+    }
+
+    /// How far `module`'s consumer group is behind on the stream of `topic`
+    /// (XINFO GROUPS `lag`), as (stream key, group, lag); `None` while the
+    /// stream or the group does not exist or Redis cannot tell.
+    pub async fn group_lag(
+        &self,
+        module: &str,
+        topic: &str,
+    ) -> Result<Option<(String, String, u64)>, BusError> {
+        let key = self.key(topic);
+        let group = self.group(module);
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamInfoGroupsReply = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) if e.to_string().contains("no such key") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let lag = reply
+            .groups
+            .into_iter()
+            .find(|g| g.name == group)
+            .and_then(|g| g.lag);
+        Ok(lag.map(|lag| (key, group, lag as u64)))
     }
 }
 
@@ -428,28 +457,47 @@ impl Consumer {
             };
             tasks.spawn(async move {
                 let _permit = permit;
+                let mut done = Vec::with_capacity(chain.len());
                 for e in chain {
+                    let (key, id) = (e.key.clone(), e.id.clone());
                     if !this.handle_entry(&module, e).await {
                         // Left pending: later entries of this key wait too,
                         // so the key's order holds when it is reclaimed.
                         break;
                     }
+                    done.push((key, id));
                 }
+                done
             });
         }
-        while tasks.join_next().await.is_some() {}
+        // Entries are acknowledged together once the batch is done: one XACK
+        // per stream instead of a round trip per entry. Their units of work
+        // are committed already; an ack lost here only means a redelivery
+        // that the inbox answers.
+        let mut done: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        while let Some(finished) = tasks.join_next().await {
+            for (key, id) in finished.unwrap_or_default() {
+                done.entry(key).or_default().push(id);
+            }
+        }
+        for (key, ids) in done {
+            if let Err(err) = self.bus.ack(&key, &self.group, &ids).await {
+                tracing::warn!(module = %self.module, stream = %key, entries = ids.len(), error = %err, "XACK failed; the entries will be redelivered");
+            }
+        }
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         in_flight.clear();
     }
 
-    /// Handles one entry; returns false when it was left pending.
+    /// Handles one entry; true when it is done (committed, or its failure
+    /// recorded) and may be acknowledged, false when it was left pending.
     async fn handle_entry(&self, module: &Arc<LoadedModule>, e: Entry) -> bool {
         let envelope = match parse_entry(&e) {
             Ok(envelope) => envelope,
             Err(reason) => {
                 tracing::warn!(module = %self.module, stream = %e.key, entry = %e.id, %reason, "not an envelope: dead-lettered");
                 let done = self.poison(module, &e, &reason).await;
-                return done && self.ack(&e).await;
+                return done;
             }
         };
         match self
@@ -457,7 +505,7 @@ impl Consumer {
             .deliver_from(module, &envelope, e.deliveries)
             .await
         {
-            Outcome::Processed(_) | Outcome::Duplicate(_) => self.ack(&e).await,
+            Outcome::Processed(_) | Outcome::Duplicate(_) => true,
             Outcome::Failed(f) if f.kind == FailureKind::Unavailable => false,
             Outcome::Failed(f) => {
                 if f.kind != FailureKind::Rejected {
@@ -473,7 +521,7 @@ impl Consumer {
                         return false;
                     }
                 }
-                self.ack(&e).await
+                true
             }
         }
     }
@@ -524,17 +572,6 @@ impl Consumer {
             return false;
         }
         true
-    }
-
-    async fn ack(&self, e: &Entry) -> bool {
-        match self.bus.ack(&e.key, &self.group, &e.id).await {
-            Ok(()) => true,
-            Err(err) => {
-                // Harmless: the entry is redelivered and the inbox answers it.
-                tracing::warn!(module = %self.module, entry = %e.id, error = %err, "XACK failed");
-                false
-            }
-        }
     }
 
     /// Keeps in-flight entries fresh (XCLAIM ... JUSTID resets their idle

@@ -313,3 +313,95 @@ impl Store {
         delegate!(self, s => s.mark_replayed(id).await)
     }
 }
+
+/// A module's inbox record of a message: it was processed, with this answer.
+#[derive(Debug, Clone)]
+pub struct InboxRecord {
+    pub module: String,
+    /// The answer a duplicate receives (JSON of `dispatch::Answer`).
+    pub answer: String,
+    pub created_at: String,
+}
+
+/// One outbox row, as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct OutboxRecord {
+    pub seq: i64,
+    pub envelope: Envelope,
+    /// The module that emitted it, `switchyard` (failure events) or the
+    /// ingress that appended it (`http`).
+    pub source: String,
+    pub created_at: String,
+    /// When the relay handed it to the broker (never, with the embedded log).
+    pub published_at: Option<String>,
+}
+
+/// Outbox entries the relay has not handed to the broker yet.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboxBacklog {
+    pub entries: u64,
+    /// Age of the oldest of them; `None` when there is none.
+    pub oldest_age: Option<std::time::Duration>,
+}
+
+/// Reads for operators: where a message is, backlogs, dead letters to replay.
+impl Store {
+    /// The inbox records of `message_id` in any of `modules`.
+    pub async fn inbox_records(
+        &self,
+        message_id: &str,
+        modules: &[String],
+    ) -> Result<Vec<InboxRecord>, StoreError> {
+        delegate!(self, s => s.inbox_records(message_id, modules).await)
+    }
+
+    /// The dead letters of `message_id` written for any of `modules`.
+    pub async fn dead_letters_of(
+        &self,
+        message_id: &str,
+        modules: &[String],
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        delegate!(self, s => s.dead_letters_of(message_id, modules).await)
+    }
+
+    /// Outbox rows whose envelope id is one of `ids`, in seq order.
+    pub async fn outbox_records(&self, ids: &[String]) -> Result<Vec<OutboxRecord>, StoreError> {
+        delegate!(self, s => s.outbox_records(ids).await)
+    }
+
+    /// Entries not yet handed to the broker, and how old the oldest is.
+    pub async fn outbox_backlog(&self) -> Result<OutboxBacklog, StoreError> {
+        delegate!(self, s => s.outbox_backlog().await)
+    }
+
+    /// For each of `topics`, the log entries after `consumer`'s cursor (0
+    /// for a consumer that has no cursor yet: it starts at the end).
+    pub async fn log_lag(
+        &self,
+        consumer: &str,
+        topics: &[String],
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        delegate!(self, s => s.log_lag(consumer, topics).await)
+    }
+
+    /// Dead letters of `topic` not replayed yet, oldest first.
+    pub async fn unreplayed_dead_letters(
+        &self,
+        topic: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        delegate!(self, s => s.unreplayed_dead_letters(topic, limit).await)
+    }
+}
+
+/// `topics` with their counts from `counted`, 0 where absent.
+fn lag_per_topic(topics: &[String], counted: Vec<(String, i64)>) -> Vec<(String, u64)> {
+    let counted: std::collections::HashMap<String, i64> = counted.into_iter().collect();
+    topics
+        .iter()
+        .map(|t| {
+            let n = counted.get(t).copied().unwrap_or(0);
+            (t.clone(), u64::try_from(n).unwrap_or(0))
+        })
+        .collect()
+}

@@ -482,6 +482,127 @@ impl PostgresStore {
         .await?;
         Ok(())
     }
+
+    // Reads for operators (GET /v1/messages/{id}, /metrics, dlq replay).
+
+    pub async fn inbox_records(
+        &self,
+        message_id: &str,
+        modules: &[String],
+    ) -> Result<Vec<super::InboxRecord>, StoreError> {
+        let sql = format!(
+            "SELECT module, answer, to_char(created_at AT TIME ZONE 'UTC', {RFC3339}) AS created_at
+             FROM inbox WHERE module = ANY($1) AND message_id = $2 ORDER BY module"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(modules)
+            .bind(message_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::InboxRecord {
+                    module: r.try_get("module")?,
+                    answer: r.try_get("answer")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn dead_letters_of(
+        &self,
+        message_id: &str,
+        modules: &[String],
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let sql = format!(
+            "{} WHERE module = ANY($1) AND message_id = $2 ORDER BY module",
+            dead_letter_select()
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(modules)
+            .bind(message_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(dead_letter).collect()
+    }
+
+    pub async fn outbox_records(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<super::OutboxRecord>, StoreError> {
+        let sql = format!(
+            "SELECT seq, id, topic, subtopic, headers::text AS headers, body, source,
+                    to_char(created_at AT TIME ZONE 'UTC', {RFC3339}) AS created_at,
+                    to_char(published_at AT TIME ZONE 'UTC', {RFC3339}) AS published_at
+             FROM outbox WHERE id = ANY($1) ORDER BY seq"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(super::OutboxRecord {
+                    envelope: log_entry(r)?.envelope,
+                    seq: r.try_get("seq")?,
+                    source: r.try_get("source")?,
+                    created_at: r.try_get("created_at")?,
+                    published_at: r.try_get("published_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn outbox_backlog(&self) -> Result<super::OutboxBacklog, StoreError> {
+        let (entries, oldest_seconds): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT COUNT(*), EXTRACT(EPOCH FROM now() - MIN(created_at))::float8
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(super::OutboxBacklog {
+            entries: u64::try_from(entries).unwrap_or(0),
+            oldest_age: oldest_seconds
+                .map(|s| std::time::Duration::try_from_secs_f64(s.max(0.0)).unwrap_or_default()),
+        })
+    }
+
+    pub async fn log_lag(
+        &self,
+        consumer: &str,
+        topics: &[String],
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let counted: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT topic, COUNT(*) FROM outbox
+             WHERE seq > COALESCE((SELECT position FROM log_cursors WHERE consumer = $1),
+                                  9223372036854775807)
+               AND topic = ANY($2)
+             GROUP BY topic",
+        )
+        .bind(consumer)
+        .bind(topics)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(super::lag_per_topic(topics, counted))
+    }
+
+    pub async fn unreplayed_dead_letters(
+        &self,
+        topic: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let sql = format!(
+            "{} WHERE topic = $1 AND replayed_at IS NULL ORDER BY created_at, id LIMIT $2",
+            dead_letter_select()
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(topic)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(dead_letter).collect()
+    }
 }
 
 /// Deadlocks (two units of work locking the same documents in opposite

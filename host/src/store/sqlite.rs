@@ -373,12 +373,7 @@ impl SqliteStore {
                 "SELECT * FROM dead_letters WHERE (?1 IS NULL OR topic = ?1)
                  ORDER BY created_at DESC LIMIT ?2",
             )?;
-            let mut rows = statement.query(params![topic, limit])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                out.push(dead_letter(row)?);
-            }
-            Ok(out)
+            dead_letter_rows(statement.query(params![topic, limit])?)
         })
     }
 
@@ -398,6 +393,145 @@ impl SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    // Reads for operators (GET /v1/messages/{id}, /metrics, dlq replay).
+
+    pub async fn inbox_records(
+        &self,
+        message_id: &str,
+        modules: &[String],
+    ) -> Result<Vec<super::InboxRecord>, StoreError> {
+        let modules =
+            serde_json::to_string(modules).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT module, answer, created_at FROM inbox
+                 WHERE module IN (SELECT value FROM json_each(?1)) AND message_id = ?2
+                 ORDER BY module",
+            )?;
+            let mut rows = statement.query(params![modules, message_id])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(super::InboxRecord {
+                    module: row.get(0)?,
+                    answer: row.get(1)?,
+                    created_at: row.get(2)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    pub async fn dead_letters_of(
+        &self,
+        message_id: &str,
+        modules: &[String],
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let modules =
+            serde_json::to_string(modules).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT * FROM dead_letters
+                 WHERE module IN (SELECT value FROM json_each(?1)) AND message_id = ?2
+                 ORDER BY module",
+            )?;
+            dead_letter_rows(statement.query(params![modules, message_id])?)
+        })
+    }
+
+    pub async fn outbox_records(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<super::OutboxRecord>, StoreError> {
+        let ids = serde_json::to_string(ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT seq, id, topic, subtopic, headers, body, source, created_at, published_at
+                 FROM outbox WHERE id IN (SELECT value FROM json_each(?1)) ORDER BY seq",
+            )?;
+            let mut rows = statement.query(params![ids])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(super::OutboxRecord {
+                    envelope: log_entry(row)?.envelope,
+                    seq: row.get(0)?,
+                    source: row.get(6)?,
+                    created_at: row.get(7)?,
+                    published_at: row.get(8)?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    pub async fn outbox_backlog(&self) -> Result<super::OutboxBacklog, StoreError> {
+        let (entries, oldest) = self.read(|conn| {
+            let entries: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM outbox WHERE published_at IS NULL")?
+                .query_row([], |row| row.get(0))?;
+            let oldest: Option<String> = conn
+                .prepare_cached(
+                    "SELECT created_at FROM outbox WHERE published_at IS NULL ORDER BY seq LIMIT 1",
+                )?
+                .query_row([], |row| row.get(0))
+                .optional()?;
+            Ok((entries, oldest))
+        })?;
+        let oldest_age = match oldest {
+            Some(text) => {
+                let at = time::OffsetDateTime::parse(
+                    &text,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(|e| StoreError::Corrupt(format!("outbox created_at {text:?}: {e}")))?;
+                let age = time::OffsetDateTime::now_utc() - at;
+                Some(std::time::Duration::try_from(age).unwrap_or_default())
+            }
+            None => None,
+        };
+        Ok(super::OutboxBacklog {
+            entries: u64::try_from(entries).unwrap_or(0),
+            oldest_age,
+        })
+    }
+
+    pub async fn log_lag(
+        &self,
+        consumer: &str,
+        topics: &[String],
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let list = serde_json::to_string(topics).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let counted = self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT topic, COUNT(*) FROM outbox
+                 WHERE seq > COALESCE((SELECT position FROM log_cursors WHERE consumer = ?1),
+                                      9223372036854775807)
+                   AND topic IN (SELECT value FROM json_each(?2))
+                 GROUP BY topic",
+            )?;
+            let mut rows = statement.query(params![consumer, list])?;
+            let mut out: Vec<(String, i64)> = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push((row.get(0)?, row.get(1)?));
+            }
+            Ok(out)
+        })?;
+        Ok(super::lag_per_topic(topics, counted))
+    }
+
+    pub async fn unreplayed_dead_letters(
+        &self,
+        topic: &str,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT * FROM dead_letters WHERE topic = ?1 AND replayed_at IS NULL
+                 ORDER BY created_at, id LIMIT ?2",
+            )?;
+            dead_letter_rows(statement.query(params![topic, limit])?)
+        })
     }
 }
 
@@ -655,16 +789,30 @@ fn insert_log(
 fn log_entries(mut rows: rusqlite::Rows<'_>) -> Result<Vec<LogEntry>, StoreError> {
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        let headers: String = row.get(4)?;
-        let body: String = row.get(5)?;
-        let headers = serde_json::from_str(&headers)
-            .map_err(|e| StoreError::Corrupt(format!("outbox headers: {e}")))?;
-        let envelope = Envelope::new(row.get(1)?, row.get(2)?, row.get(3)?, headers, &body)
-            .map_err(|e| StoreError::Corrupt(format!("outbox entry: {e}")))?;
-        out.push(LogEntry {
-            seq: row.get(0)?,
-            envelope,
-        });
+        out.push(log_entry(row)?);
+    }
+    Ok(out)
+}
+
+/// An outbox row whose first six columns are seq, id, topic, subtopic,
+/// headers and body.
+fn log_entry(row: &rusqlite::Row<'_>) -> Result<LogEntry, StoreError> {
+    let headers: String = row.get(4)?;
+    let body: String = row.get(5)?;
+    let headers = serde_json::from_str(&headers)
+        .map_err(|e| StoreError::Corrupt(format!("outbox headers: {e}")))?;
+    let envelope = Envelope::new(row.get(1)?, row.get(2)?, row.get(3)?, headers, &body)
+        .map_err(|e| StoreError::Corrupt(format!("outbox entry: {e}")))?;
+    Ok(LogEntry {
+        seq: row.get(0)?,
+        envelope,
+    })
+}
+
+fn dead_letter_rows(mut rows: rusqlite::Rows<'_>) -> Result<Vec<DeadLetter>, StoreError> {
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(dead_letter(row)?);
     }
     Ok(out)
 }
