@@ -519,9 +519,14 @@ impl OwnRedis {
             .spawn()
             .expect("redis-server is installed (see .ci/run)");
         self.child = Some(child);
-        let addr = format!("127.0.0.1:{}", self.port);
+        // Up means answering PING: while it loads its append-only file it
+        // accepts connections but answers LOADING.
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port)).unwrap();
         let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
+        let pong = || -> redis::RedisResult<String> {
+            redis::cmd("PING").query(&mut client.get_connection()?)
+        };
+        while pong().ok().as_deref() != Some("PONG") {
             assert!(
                 start.elapsed() < Duration::from_secs(10),
                 "redis-server did not start"
