@@ -354,6 +354,22 @@ async fn one_trace_id_runs_through_command_event_and_reaction() {
     }
     assert_eq!(mine.len(), expected.len(), "{mine:?}");
 
+    // The caller's HTTP traceparent header works too.
+    let response = host
+        .client
+        .post(format!("{}/v1/topics/inventory/restock", host.base))
+        .header("traceparent", format!("00-{trace}-{caller_span}-01"))
+        .body(r#"{"sku":"fig","qty":1}"#)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        traceparent_of(&answer["events"][0]["headers"]).0,
+        trace,
+        "{answer}"
+    );
+
     // A command without a traceparent starts a trace; its event carries it.
     let (_, answer) = host
         .command("inventory", "restock", json!({"sku": "pear", "qty": 1}))
