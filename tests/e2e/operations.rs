@@ -354,6 +354,22 @@ async fn one_trace_id_runs_through_command_event_and_reaction() {
     }
     assert_eq!(mine.len(), expected.len(), "{mine:?}");
 
+    // The caller's HTTP traceparent header works too.
+    let response = host
+        .client
+        .post(format!("{}/v1/topics/inventory/restock", host.base))
+        .header("traceparent", format!("00-{trace}-{caller_span}-01"))
+        .body(r#"{"sku":"fig","qty":1}"#)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        traceparent_of(&answer["events"][0]["headers"]).0,
+        trace,
+        "{answer}"
+    );
+
     // A command without a traceparent starts a trace; its event carries it.
     let (_, answer) = host
         .command("inventory", "restock", json!({"sku": "pear", "qty": 1}))
@@ -818,4 +834,89 @@ async fn redis_consumer_lag_and_outbox_backlog_are_read_on_scrape() {
         Some(0.0)
     );
     host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_redis_message_states_replay_and_gauges() {
+    let streams = crate::redis_streams::Streams::new().await;
+    let project = Project::postgres(
+        &["orders", "inventory"],
+        &format!("{}{EXAMPLES}", streams.section(30_000)),
+    )
+    .await;
+    let host = project.start().await;
+    let (status, _) = host
+        .send(json!({"id": "pg-ok", "topic": "inventory", "subtopic": "restock", "body": {"sku": "apple", "qty": 5}}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = host
+        .send(json!({"id": "pg-rej", "topic": "orders", "subtopic": "place", "body": {"order_id": "o1", "sku": "durian", "qty": 1}}))
+        .await;
+    assert_eq!(status, 409);
+    let (status, _) = host
+        .send(json!({"id": "pg-bad", "topic": "orders", "subtopic": "place", "body": {"order_id": "o2"}}))
+        .await;
+    assert_eq!(status, 422);
+
+    let (_, m) = message(&host, "pg-ok").await;
+    assert_eq!(m["status"], "processed", "{m}");
+    assert_eq!(m["modules"][0]["output"]["available"], 5, "{m}");
+    assert!(
+        m["modules"][0]["processed_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z'),
+        "{m}"
+    );
+    let (_, m) = message(&host, "pg-rej").await;
+    assert_eq!(m["status"], "failed", "{m}");
+    assert_eq!(m["modules"][0]["error"]["kind"], "rejected", "{m}");
+    let (_, m) = message(&host, "pg-bad").await;
+    assert_eq!(m["status"], "dead-lettered", "{m}");
+    assert_eq!(message(&host, "pg-never").await.0, 404);
+
+    // Still invalid when replayed: it fails again and stays queued.
+    let (status, summary) = host
+        .admin(Method::POST, "/v1/dead-letters/replay?topic=orders")
+        .await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(
+        (summary["replayed"].as_u64(), summary["failed"].as_u64()),
+        (Some(0), Some(1)),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["results"][0]["error"]["kind"], "invalid",
+        "{summary}"
+    );
+
+    // The restocked event went through the outbox to its stream and was
+    // read by orders' group.
+    let events = format!("{}inventory.events", streams.prefix);
+    let samples = eventually(
+        "outbox and stream drained",
+        Duration::from_secs(10),
+        || async {
+            let (_, samples) = scrape(&host).await;
+            (sample(&samples, "switchyard_outbox_backlog", &[]) == Some(0.0)
+                && lag_of(&samples, &events) == Some(0.0))
+            .then_some(samples)
+        },
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &samples,
+            "switchyard_outbox_oldest_unpublished_age_seconds",
+            &[]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        handled(&samples, "orders", "inventory.events", "processed"),
+        1.0
+    );
+    let url = project.db_url();
+    host.stop().await;
+    crate::support::drop_postgres_database(&url).await;
 }

@@ -107,11 +107,13 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
 async fn post_message(
     State(state): State<Arc<ApiState>>,
     Query(params): Query<SendParams>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
-    let envelope = Envelope::from_json(&body, envelope::new_id)
+    let mut envelope = Envelope::from_json(&body, envelope::new_id)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed-envelope", e.to_string()))?;
+    inherit_traceparent(&mut envelope, &headers);
     submit(&state, envelope, params.wait.unwrap_or(true)).await
 }
 
@@ -156,9 +158,26 @@ async fn post_topic(
             .to_string(),
         None => envelope::new_id(),
     };
-    let envelope = Envelope::new(id, topic, subtopic, message_headers, text)
+    let mut envelope = Envelope::new(id, topic, subtopic, message_headers, text)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed-envelope", e.to_string()))?;
+    inherit_traceparent(&mut envelope, &headers);
     submit(&state, envelope, params.wait.unwrap_or(true)).await
+}
+
+/// A caller's HTTP `traceparent` (as OpenTelemetry clients send it) becomes
+/// the message's, unless the envelope carries its own; an invalid one is
+/// ignored (the message then starts a trace).
+fn inherit_traceparent(envelope: &mut Envelope, headers: &HeaderMap) {
+    let given = headers
+        .get(crate::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::trace::TraceParent::parse);
+    if let Some(parent) = given {
+        envelope
+            .headers
+            .entry(crate::trace::TRACEPARENT.to_string())
+            .or_insert_with(|| parent.header());
+    }
 }
 
 /// Routes a command to its owner and answers as SPEC §5 says.
