@@ -1,5 +1,10 @@
 //! `switchyard build`: runs each manifest entry's build command from the
 //! manifest's folder and installs the artifact into the plugins folder.
+//!
+//! A build command is any shell command: `cargo build --target wasm32-wasip2`
+//! for Rust modules, `componentize-py ... componentize` for Python ones. The
+//! tool a command names is made available first (the rustup target, the
+//! componentize-py package), and the artifact's folder is created.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,9 +14,12 @@ use crate::manifest::Manifest;
 /// The target every module is built for.
 pub const WASM_TARGET: &str = "wasm32-wasip2";
 
+/// Builds Python modules into components (PyPI package of the same name).
+pub const COMPONENTIZE_PY: &str = "componentize-py";
+
 /// Variables of an outer cargo (e.g. `cargo run`, `cargo test`) that would
 /// redirect or break the modules' own build.
-const CARGO_ENV_TO_CLEAR: &[&str] = &[
+pub const CARGO_ENV_TO_CLEAR: &[&str] = &[
     "RUSTFLAGS",
     "CARGO_ENCODED_RUSTFLAGS",
     "CARGO_TARGET_DIR",
@@ -46,6 +54,11 @@ pub enum BuildError {
     },
     #[error("adding the {WASM_TARGET} target failed: {0}")]
     Target(String),
+    #[error(
+        "{COMPONENTIZE_PY} is not installed and `python3 -m pip install {COMPONENTIZE_PY}` failed ({0}); \
+         Python modules need it: install it with pip and build again"
+    )]
+    ComponentizePy(String),
 }
 
 /// What one build did.
@@ -90,6 +103,28 @@ pub fn ensure_wasm_target() -> Result<(), BuildError> {
     }
 }
 
+/// Installs componentize-py with pip when it is missing, as
+/// [`ensure_wasm_target`] adds the Rust target.
+pub fn ensure_componentize_py() -> Result<(), BuildError> {
+    let found = Command::new(COMPONENTIZE_PY)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Ok(());
+    }
+    tracing::info!("installing {COMPONENTIZE_PY} with pip");
+    let status = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", COMPONENTIZE_PY])
+        .status()
+        .map_err(|e| BuildError::ComponentizePy(format!("cannot run python3: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(BuildError::ComponentizePy(status.to_string()))
+    }
+}
+
 /// Runs a shell command from `dir` with a clean cargo environment.
 pub fn run_command(command: &str, dir: &Path, module: &str) -> Result<(), BuildError> {
     tracing::info!(module, command, dir = %dir.display(), "building");
@@ -116,6 +151,7 @@ pub fn run_command(command: &str, dir: &Path, module: &str) -> Result<(), BuildE
 /// Builds every module that has a `build` command and installs artifacts.
 pub fn build_all(manifest: &Manifest) -> Result<Vec<Built>, BuildError> {
     let mut ensured = false;
+    let mut ensured_py = false;
     let mut built = Vec::new();
     for (name, entry) in &manifest.modules {
         let Some(command) = &entry.build else {
@@ -124,6 +160,22 @@ pub fn build_all(manifest: &Manifest) -> Result<Vec<Built>, BuildError> {
         if !ensured && command.contains(WASM_TARGET) {
             ensure_wasm_target()?;
             ensured = true;
+        }
+        if !ensured_py && command.contains(COMPONENTIZE_PY) {
+            ensure_componentize_py()?;
+            ensured_py = true;
+        }
+        // Tools such as componentize-py do not create the output's folder.
+        if let Some(folder) = entry
+            .artifact
+            .as_ref()
+            .and_then(|a| manifest.dir.join(a).parent().map(Path::to_path_buf))
+        {
+            std::fs::create_dir_all(&folder).map_err(|source| BuildError::Install {
+                module: name.clone(),
+                path: folder,
+                source,
+            })?;
         }
         run_command(command, &manifest.dir, name)?;
         let file = manifest.host.plugins_dir.join(&entry.file);

@@ -18,6 +18,7 @@
 //! - [`store`]: documents, inbox, outbox/log, dead letters (SQLite, or
 //!   PostgreSQL for several hosts on one database);
 //! - [`manifest`]: `plugins.toml`; [`builder`]: `switchyard build`;
+//!   [`lint`]: `switchyard check`'s module lints (WIT version, grants);
 //! - [`server`]: wiring and shutdown; [`cli`]: the command line.
 
 pub mod builder;
@@ -28,6 +29,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod envelope;
 pub mod ingress;
+pub mod lint;
 pub mod manifest;
 pub mod registry;
 pub mod relay;

@@ -11,6 +11,7 @@ mod failures;
 #[cfg(feature = "kafka")]
 mod kafka_topics;
 mod postgres;
+mod python;
 mod redis_streams;
 mod reload;
 mod saga;
