@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::builder;
 use crate::engine::Engine;
 use crate::envelope::{self, Envelope};
-use crate::lint::{self, Severity};
 #[cfg(feature = "kafka")]
 use crate::ingress::kafka::KafkaBus;
 use crate::ingress::redis::RedisBus;
+use crate::lint::{self, Severity};
 use crate::manifest::Manifest;
 use crate::registry::Registry;
 use crate::relay::Broker;
@@ -388,11 +388,18 @@ async fn lint_modules(
     routes: &crate::registry::Routes,
 ) -> Vec<lint::Finding> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
-    let named = manifest.modules.iter().map(|(name, e)| {
-        (name.clone(), manifest.host.plugins_dir.join(&e.file))
-    });
-    let loaded = routes.modules.values().map(|m| (m.name.clone(), m.file.clone()));
-    let failed = routes.problems.iter().map(|p| (p.module.clone(), p.file.clone()));
+    let named = manifest
+        .modules
+        .iter()
+        .map(|(name, e)| (name.clone(), manifest.host.plugins_dir.join(&e.file)));
+    let loaded = routes
+        .modules
+        .values()
+        .map(|m| (m.name.clone(), m.file.clone()));
+    let failed = routes
+        .problems
+        .iter()
+        .map(|p| (p.module.clone(), p.file.clone()));
     for (name, file) in named.chain(loaded).chain(failed) {
         if !files.iter().any(|(_, f)| *f == file) {
             files.push((name, file));

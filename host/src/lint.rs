@@ -260,7 +260,10 @@ mod tests {
     fn a_core_module_is_not_a_component() {
         let findings = world("m", b"\0asm\x01\0\0\0");
         assert_eq!(findings.len(), 1);
-        assert!(findings[0].message.contains("not a component"), "{findings:?}");
+        assert!(
+            findings[0].message.contains("not a component"),
+            "{findings:?}"
+        );
     }
 
     fn entry(toml_text: &str) -> ModuleEntry {
@@ -284,10 +287,15 @@ emits = ["orders.events", "spare"]"#,
         let all = text.join("\n");
         assert!(all.contains("`topics` lists 'shipping'"), "{all}");
         assert!(
-            all.contains("error: module orders: missing grant: describe declares it emits to 'audit'"),
+            all.contains(
+                "error: module orders: missing grant: describe declares it emits to 'audit'"
+            ),
             "{all}"
         );
-        assert!(all.contains("warning: module orders: plugins.toml `emits` grants 'spare'"), "{all}");
+        assert!(
+            all.contains("warning: module orders: plugins.toml `emits` grants 'spare'"),
+            "{all}"
+        );
         // `subscribes` is absent from the entry: describe's list is used.
         assert!(!all.contains("subscribes"), "{all}");
         assert_eq!(findings.len(), 3, "{all}");

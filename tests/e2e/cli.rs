@@ -192,7 +192,10 @@ async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
 
 /// The target of the machine the tests run on (`rustc -vV`'s `host:`).
 fn host_triple() -> String {
-    let out = Command::new("rustc").arg("-vV").output().expect("run rustc");
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("run rustc");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
@@ -294,11 +297,11 @@ fn check_says_a_component_of_another_world_lacks_describe_and_handle() {
 #[test]
 fn check_compares_describe_with_the_manifests_topics_and_grants() {
     let entries = EXAMPLES
+        .replace("emits = [\"orders.events\"]", "emits = [\"orders.audit\"]")
         .replace(
-            "emits = [\"orders.events\"]",
-            "emits = [\"orders.audit\"]",
-        )
-        .replace("topics = [\"inventory\"]", "topics = [\"inventory\", \"stock\"]");
+            "topics = [\"inventory\"]",
+            "topics = [\"inventory\", \"stock\"]",
+        );
     let project = Project::new(&["orders", "inventory"], &entries);
     let (ok, _, stderr) = switchyard(&project, &["check"]);
     assert!(!ok, "{stderr}");
@@ -313,7 +316,9 @@ fn check_compares_describe_with_the_manifests_topics_and_grants() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("module inventory: plugins.toml `topics` lists 'stock' but describe does not declare it"),
+        stderr.contains(
+            "module inventory: plugins.toml `topics` lists 'stock' but describe does not declare it"
+        ),
         "{stderr}"
     );
     // The examples as the repository's manifest grants them: no findings.

@@ -31,7 +31,8 @@ pub fn notifications_wasm() -> PathBuf {
         let root = repo_root();
         switchyard::builder::ensure_componentize_py().map_err(|e| e.to_string())?;
         std::fs::create_dir_all(root.join("plugins/target/python")).map_err(|e| e.to_string())?;
-        switchyard::builder::run_command(BUILD, &root, "notifications").map_err(|e| e.to_string())?;
+        switchyard::builder::run_command(BUILD, &root, "notifications")
+            .map_err(|e| e.to_string())?;
         Ok(root.join("plugins/target/python/notifications.wasm"))
     });
     match built {
@@ -41,7 +42,10 @@ pub fn notifications_wasm() -> PathBuf {
 }
 
 fn project() -> Project {
-    let project = Project::new(&["orders", "inventory"], &format!("{EXAMPLES}{NOTIFICATIONS}"));
+    let project = Project::new(
+        &["orders", "inventory"],
+        &format!("{EXAMPLES}{NOTIFICATIONS}"),
+    );
     std::fs::copy(
         notifications_wasm(),
         project.dir.path().join("plugins/notifications.wasm"),
