@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use wasmparser::{Encoding, Parser, Payload};
+use wasmparser::{ComponentTypeRef, Encoding, Parser, Payload};
 
 use crate::manifest::ModuleEntry;
 
@@ -87,6 +87,11 @@ fn surface(bytes: &[u8]) -> Result<Surface, String> {
             Payload::ComponentImportSection(reader) if depth == 0 => {
                 for import in reader {
                     let import = import.map_err(|e| format!("malformed import: {e}"))?;
+                    // Types the world `use`s (envelope, ...) are imported by
+                    // name too; they are not capabilities.
+                    if matches!(import.ty, ComponentTypeRef::Type(_)) {
+                        continue;
+                    }
                     out.imports.push(import.name.name.to_string());
                 }
             }

@@ -95,8 +95,14 @@ async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(plugins.join("sdk/src")).unwrap();
     std::fs::create_dir_all(dir.path().join("wit")).unwrap();
-    for f in ["sdk/Cargo.toml", "sdk/src/lib.rs"] {
-        std::fs::copy(root.join("plugins").join(f), plugins.join(f)).unwrap();
+    std::fs::copy(
+        root.join("plugins/sdk/Cargo.toml"),
+        plugins.join("sdk/Cargo.toml"),
+    )
+    .unwrap();
+    for f in std::fs::read_dir(root.join("plugins/sdk/src")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), plugins.join("sdk/src").join(f.file_name())).unwrap();
     }
     std::fs::copy(
         root.join("wit/switchyard.wit"),
@@ -206,6 +212,13 @@ fn host_triple() -> String {
 /// `cargo test --target <host>` of `packages` in the modules' workspace of
 /// `dir` (what `cargo test-native` does): success and the output.
 fn native_tests(dir: &std::path::Path, packages: &[&str]) -> (bool, String) {
+    // The scaffolded workspace shares plugins/target with the repository's:
+    // one native test run at a time, so neither sees the other's half-written
+    // artifacts while rustdoc compiles the doc tests.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut cmd = Command::new("cargo");
     cmd.current_dir(dir)
         .args(["test", "--target", &host_triple()])
