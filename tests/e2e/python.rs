@@ -15,7 +15,6 @@ pub const NOTIFICATIONS: &str = r#"
 file = "notifications.wasm"
 topics = ["notifications"]
 subscribes = ["orders.events"]
-max-memory-mb = 128
 backoff-ms = 5
 "#;
 
