@@ -177,7 +177,17 @@ pub fn build_all(manifest: &Manifest) -> Result<Vec<Built>, BuildError> {
                 source,
             })?;
         }
-        run_command(command, &manifest.dir, name)?;
+        let artifact = entry.artifact.as_ref().map(|a| manifest.dir.join(a));
+        if artifact
+            .as_deref()
+            .is_some_and(|a| python_artifact_is_fresh(command, &manifest.dir, a))
+        {
+            // componentize-py has no incremental build of its own: without
+            // this, every `up` would spend ~30 s rebuilding an unchanged module.
+            tracing::info!(module = %name, "Python sources unchanged since the last build");
+        } else {
+            run_command(command, &manifest.dir, name)?;
+        }
         let file = manifest.host.plugins_dir.join(&entry.file);
         let changed = match &entry.artifact {
             Some(artifact) => install(name, &manifest.dir.join(artifact), &file)?,
@@ -220,4 +230,75 @@ fn install(module: &str, artifact: &Path, file: &Path) -> Result<bool, BuildErro
     std::fs::write(&tmp, &bytes).map_err(install_err)?;
     std::fs::rename(&tmp, file).map_err(install_err)?;
     Ok(true)
+}
+
+/// For a componentize-py command: whether `artifact` is newer than every
+/// file of its inputs (each `-p`/`--python-path` folder and the `-d`/
+/// `--wit-path` WIT), so the build can be skipped. Any other command, or an
+/// input that cannot be read, is never fresh.
+fn python_artifact_is_fresh(command: &str, dir: &Path, artifact: &Path) -> bool {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    if words.first() != Some(&COMPONENTIZE_PY) {
+        return false;
+    }
+    let inputs: Vec<PathBuf> = words
+        .windows(2)
+        .filter(|w| matches!(w[0], "-p" | "--python-path" | "-d" | "--wit-path"))
+        .map(|w| dir.join(w[1]))
+        .collect();
+    let Ok(built) = std::fs::metadata(artifact).and_then(|m| m.modified()) else {
+        return false;
+    };
+    !inputs.is_empty() && inputs.iter().all(|input| older_than(input, built))
+}
+
+/// Whether every file under `path` was last modified before `time`
+/// (`__pycache__` folders aside: Python writes them when it merely reads).
+fn older_than(path: &Path, time: std::time::SystemTime) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    if !meta.is_dir() {
+        return meta.modified().is_ok_and(|m| m < time);
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .all(|e| e.file_name() == "__pycache__" || older_than(&e.path(), time))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_python_build_is_skipped_only_while_its_inputs_are_older() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("app/pkg")).expect("mkdir");
+        std::fs::write(root.join("app/pkg/app.py"), "x = 1").expect("write");
+        std::fs::write(root.join("world.wit"), "package a:b;").expect("write");
+        let command = "componentize-py -d world.wit -w module componentize -p app app -o out.wasm";
+        let artifact = root.join("out.wasm");
+        assert!(
+            !python_artifact_is_fresh(command, root, &artifact),
+            "not built yet"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&artifact, b"wasm").expect("write");
+        assert!(python_artifact_is_fresh(command, root, &artifact));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(root.join("app/pkg/app.py"), "x = 2").expect("write");
+        assert!(
+            !python_artifact_is_fresh(command, root, &artifact),
+            "source changed"
+        );
+        assert!(!python_artifact_is_fresh(
+            "cargo build -p app",
+            root,
+            &artifact
+        ));
+    }
 }
