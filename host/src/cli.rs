@@ -13,6 +13,7 @@ use crate::envelope::{self, Envelope};
 #[cfg(feature = "kafka")]
 use crate::ingress::kafka::KafkaBus;
 use crate::ingress::redis::RedisBus;
+use crate::lint::{self, Severity};
 use crate::manifest::Manifest;
 use crate::registry::Registry;
 use crate::relay::Broker;
@@ -399,6 +400,16 @@ async fn check(manifest: &Manifest) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    let findings = lint_modules(&engine, manifest, &routes).await;
+    for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
+        eprintln!("{f}");
+    }
+    problems.extend(
+        findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| format!("module {}: {}", f.module, f.message)),
+    );
     for m in routes.modules.values() {
         println!("module {} {} ({})", m.name, m.version, m.file.display());
         for t in &m.topics {
@@ -424,6 +435,67 @@ async fn check(manifest: &Manifest) -> anyhow::Result<ExitCode> {
             manifest.path.display()
         )
     }
+}
+
+/// The module lints of `check` (see [`crate::lint`]): every component file
+/// against the host's world, every loaded manifest module's `describe`
+/// against its entry.
+async fn lint_modules(
+    engine: &Engine,
+    manifest: &Manifest,
+    routes: &crate::registry::Routes,
+) -> Vec<lint::Finding> {
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let named = manifest
+        .modules
+        .iter()
+        .map(|(name, e)| (name.clone(), manifest.host.plugins_dir.join(&e.file)));
+    let loaded = routes
+        .modules
+        .values()
+        .map(|m| (m.name.clone(), m.file.clone()));
+    let failed = routes
+        .problems
+        .iter()
+        .map(|p| (p.module.clone(), p.file.clone()));
+    for (name, file) in named.chain(loaded).chain(failed) {
+        if !files.iter().any(|(_, f)| *f == file) {
+            files.push((name, file));
+        }
+    }
+    let mut findings = Vec::new();
+    for (name, file) in files {
+        // A missing file is already a load problem.
+        if let Ok(bytes) = std::fs::read(&file) {
+            findings.extend(lint::world(&name, &bytes));
+        }
+    }
+    for m in routes.modules.values() {
+        let Some(entry) = &m.entry else { continue };
+        let probe = Arc::new(crate::registry::Grants {
+            name: m.name.clone(),
+            ..Default::default()
+        });
+        match engine
+            .describe(&m.pre, probe, m.limits.max_memory_mb, m.limits.timeout)
+            .await
+        {
+            Ok(d) => {
+                let declared = lint::Declared {
+                    topics: d.topics,
+                    subscribes: d.subscribes,
+                    emits: d.emits,
+                };
+                findings.extend(lint::grants(&m.name, &declared, entry));
+            }
+            Err(e) => findings.push(lint::Finding {
+                severity: Severity::Error,
+                module: m.name.clone(),
+                message: format!("describe failed: {e}"),
+            }),
+        }
+    }
+    findings
 }
 
 async fn shutdown_signal() {

@@ -19,6 +19,7 @@
 //!   PostgreSQL for several hosts on one database);
 //! - [`trace`]: W3C `traceparent` carried from a message to its events;
 //! - [`manifest`]: `plugins.toml`; [`builder`]: `switchyard build`;
+//!   [`lint`]: `switchyard check`'s module lints (WIT version, grants);
 //! - [`metrics`]: the Prometheus series of `/metrics`;
 //! - [`server`]: wiring and shutdown; [`cli`]: the command line.
 
@@ -30,6 +31,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod envelope;
 pub mod ingress;
+pub mod lint;
 pub mod manifest;
 pub mod metrics;
 pub mod registry;

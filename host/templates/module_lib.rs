@@ -55,3 +55,35 @@ fn on_order_placed(ctx: &Ctx, order: serde_json::Value) -> Result<(), Error> {
     ctx.info(format!("an order was placed: {order}"));
     Ok(())
 }
+
+// Run natively, without wasm or a host: `cargo test-native -p {{name}}` in
+// the modules' workspace (`cargo test --target <this machine's target>`).
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use switchyard_sdk::testing::Kit;
+
+    use super::*;
+
+    #[test]
+    fn create_stores_the_item_once_and_emits_created() {
+        let kit = Kit::new(module());
+        let item = json!({"id": "a", "note": "hello"});
+        assert_eq!(kit.command("{{name}}", "create", &item), Ok(item.clone()));
+        assert!(kit.emitted(EVENTS, "created"));
+        assert_eq!(kit.command("{{name}}", "get", json!({"id": "a"})), Ok(item));
+        assert_eq!(
+            kit.command("{{name}}", "create", json!({"id": "a", "note": "again"})),
+            Err(Error::rejected("item 'a' already exists"))
+        );
+        assert_eq!(kit.events().len(), 1);
+    }
+
+    #[test]
+    fn an_order_placed_is_logged() {
+        let kit = Kit::new(module());
+        kit.event("orders.events", "placed", json!({"order_id": "o1"}))
+            .unwrap();
+        assert!(kit.logged("an order was placed"));
+    }
+}

@@ -95,8 +95,14 @@ async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(plugins.join("sdk/src")).unwrap();
     std::fs::create_dir_all(dir.path().join("wit")).unwrap();
-    for f in ["sdk/Cargo.toml", "sdk/src/lib.rs"] {
-        std::fs::copy(root.join("plugins").join(f), plugins.join(f)).unwrap();
+    std::fs::copy(
+        root.join("plugins/sdk/Cargo.toml"),
+        plugins.join("sdk/Cargo.toml"),
+    )
+    .unwrap();
+    for f in std::fs::read_dir(root.join("plugins/sdk/src")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), plugins.join("sdk/src").join(f.file_name())).unwrap();
     }
     std::fs::copy(
         root.join("wit/switchyard.wit"),
@@ -145,6 +151,13 @@ async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
     };
     let (ok, text) = run(&["new", "demo"]);
     assert!(ok, "{text}");
+    // The template's own tests pass natively, against the SDK's test kit.
+    let (ok, output) = native_tests(dir.path(), &["demo"]);
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("tests::create_stores_the_item_once_and_emits_created ... ok"),
+        "{output}"
+    );
     let (ok, text) = run(&["new", "demo"]);
     assert!(!ok && text.contains("already has [modules.demo]"), "{text}");
     // The artifact is where the shared target dir (above) puts it.
@@ -181,4 +194,149 @@ async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
     );
     assert_eq!(answer["events"][0]["topic"], "demo.events");
     host.stop().await;
+}
+
+/// The target of the machine the tests run on (`rustc -vV`'s `host:`).
+fn host_triple() -> String {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("run rustc");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .to_string()
+}
+
+/// `cargo test --target <host>` of `packages` in the modules' workspace of
+/// `dir` (what `cargo test-native` does): success and the output.
+fn native_tests(dir: &std::path::Path, packages: &[&str]) -> (bool, String) {
+    // The scaffolded workspace shares plugins/target with the repository's:
+    // one native test run at a time, so neither sees the other's half-written
+    // artifacts while rustdoc compiles the doc tests.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(dir)
+        .args(["test", "--target", &host_triple()])
+        .args(["--manifest-path", "plugins/Cargo.toml"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    for var in switchyard::builder::CARGO_ENV_TO_CLEAR {
+        cmd.env_remove(var);
+    }
+    let out = cmd.output().expect("run cargo test");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Sums the `N passed` of every `test result:` line.
+fn passed(output: &str) -> usize {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("test result: ok. "))
+        .filter_map(|l| l.split(" passed").next()?.parse::<usize>().ok())
+        .sum()
+}
+
+#[test]
+fn the_sdk_and_the_example_modules_pass_their_native_tests() {
+    let (ok, output) = native_tests(
+        &crate::support::repo_root(),
+        &["switchyard-sdk", "orders", "inventory"],
+    );
+    assert!(ok, "{output}");
+    for test in [
+        "tests::reserved_confirms_and_out_of_stock_rejects ... ok",
+        "tests::a_placed_order_is_reserved_while_stock_lasts ... ok",
+        "testing::tests::a_failed_message_leaves_no_writes_and_no_events ... ok",
+    ] {
+        assert!(output.contains(test), "{test} missing:\n{output}");
+    }
+    // The SDK's rustdoc examples run as doc tests.
+    assert!(output.contains("Doc-tests switchyard_sdk"), "{output}");
+    assert!(!output.contains("FAILED"), "{output}");
+    assert!(passed(&output) >= 20, "{output}");
+}
+
+#[test]
+fn check_says_which_wit_version_a_module_was_built_against() {
+    let project = Project::new(&["inventory"], EXAMPLES);
+    // The orders component with every switchyard:module import renamed to
+    // @0.0.9 (same length, so the binary stays valid): what a module built
+    // against an older WIT looks like.
+    let mut bytes = std::fs::read(crate::support::wasm("orders")).unwrap();
+    let mut renamed = 0;
+    for at in 0..bytes.len() {
+        if bytes[at..].starts_with(b"switchyard:module/") {
+            let end = bytes[at..].iter().position(|b| *b == b'@').unwrap() + at;
+            if bytes[end..].starts_with(b"@0.1.0") {
+                bytes[end..end + 6].copy_from_slice(b"@0.0.9");
+                renamed += 1;
+            }
+        }
+    }
+    assert!(renamed > 0);
+    std::fs::write(project.dir.path().join("plugins/orders.wasm"), bytes).unwrap();
+    let (ok, _, stderr) = switchyard(&project, &["check"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "module orders: built against switchyard:module@0.0.9, but this host implements switchyard:module@0.1.0"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_says_a_component_of_another_world_lacks_describe_and_handle() {
+    let project = Project::new(&["other_world"], "");
+    let (ok, _, stderr) = switchyard(&project, &["check"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("does not export `describe` and `handle` (exports: [greet])"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_compares_describe_with_the_manifests_topics_and_grants() {
+    let entries = EXAMPLES
+        .replace("emits = [\"orders.events\"]", "emits = [\"orders.audit\"]")
+        .replace(
+            "topics = [\"inventory\"]",
+            "topics = [\"inventory\", \"stock\"]",
+        );
+    let project = Project::new(&["orders", "inventory"], &entries);
+    let (ok, _, stderr) = switchyard(&project, &["check"]);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains(
+            "module orders: missing grant: describe declares it emits to 'orders.events' but plugins.toml `emits` does not grant it"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: module orders: plugins.toml `emits` grants 'orders.audit'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "module inventory: plugins.toml `topics` lists 'stock' but describe does not declare it"
+        ),
+        "{stderr}"
+    );
+    // The examples as the repository's manifest grants them: no findings.
+    let project = Project::new(&["orders", "inventory"], EXAMPLES);
+    let (ok, stdout, stderr) = switchyard(&project, &["check"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
 }

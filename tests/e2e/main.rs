@@ -12,6 +12,7 @@ mod failures;
 mod kafka_topics;
 mod operations;
 mod postgres;
+mod python;
 mod redis_streams;
 mod reload;
 mod saga;

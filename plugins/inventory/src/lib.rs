@@ -87,14 +87,143 @@ fn reserve(ctx: &Ctx, placed: OrderPlaced) -> Result<(), Error> {
     let headers = [("partition-key", placed.order_id.as_str())];
     if available >= placed.qty {
         let left = available - placed.qty;
-        ctx.put(STOCK, &placed.sku, &Stock { sku: placed.sku.clone(), available: left }, Some(version))?;
-        let body = Reservation { order_id: &placed.order_id, sku: &placed.sku, qty: placed.qty, available: left };
+        ctx.put(
+            STOCK,
+            &placed.sku,
+            &Stock {
+                sku: placed.sku.clone(),
+                available: left,
+            },
+            Some(version),
+        )?;
+        let body = Reservation {
+            order_id: &placed.order_id,
+            sku: &placed.sku,
+            qty: placed.qty,
+            available: left,
+        };
         ctx.emit_with_headers(EVENTS, "reserved", &body, &headers)?;
-        ctx.info(format!("reserved {} x {} for {}", placed.qty, placed.sku, placed.order_id));
+        ctx.info(format!(
+            "reserved {} x {} for {}",
+            placed.qty, placed.sku, placed.order_id
+        ));
     } else {
-        let body = Reservation { order_id: &placed.order_id, sku: &placed.sku, qty: placed.qty, available };
+        let body = Reservation {
+            order_id: &placed.order_id,
+            sku: &placed.sku,
+            qty: placed.qty,
+            available,
+        };
         ctx.emit_with_headers(EVENTS, "out-of-stock", &body, &headers)?;
-        ctx.warn(format!("out of stock: {} wants {} x {}, {} left", placed.order_id, placed.qty, placed.sku, available));
+        ctx.warn(format!(
+            "out of stock: {} wants {} x {}, {} left",
+            placed.order_id, placed.qty, placed.sku, available
+        ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use switchyard_sdk::testing::Kit;
+
+    use super::*;
+
+    fn kit() -> Kit {
+        Kit::new(module())
+    }
+
+    #[test]
+    fn restock_adds_to_the_stock_and_says_so() {
+        let kit = kit();
+        assert_eq!(
+            kit.command("inventory", "restock", json!({"sku": "apple", "qty": 5})),
+            Ok(json!({"sku": "apple", "available": 5}))
+        );
+        kit.command("inventory", "restock", json!({"sku": "apple", "qty": 2}))
+            .unwrap();
+        assert_eq!(
+            kit.doc(STOCK, "apple"),
+            Some(json!({"sku": "apple", "available": 7}))
+        );
+        assert_eq!(kit.version(STOCK, "apple"), 2);
+        assert_eq!(
+            kit.emitted_body(EVENTS, "restocked"),
+            json!({"sku": "apple", "qty": 2, "available": 7})
+        );
+    }
+
+    #[test]
+    fn restock_refuses_nothing_and_names_a_missing_field() {
+        let kit = kit();
+        assert_eq!(
+            kit.command("inventory", "restock", json!({"sku": "apple", "qty": 0})),
+            Err(Error::rejected("qty must be at least 1"))
+        );
+        match kit.command("inventory", "restock", json!({"sku": "apple"})) {
+            Err(Error::Invalid(m)) => assert!(m.contains("missing field `qty`"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(kit.events().is_empty());
+    }
+
+    #[test]
+    fn get_answers_the_stock_or_rejects_an_unknown_sku() {
+        let kit = kit();
+        kit.seed(STOCK, "pear", &json!({"sku": "pear", "available": 3}));
+        assert_eq!(
+            kit.command("inventory", "get", json!({"sku": "pear"})),
+            Ok(json!({"sku": "pear", "available": 3}))
+        );
+        assert_eq!(
+            kit.command("inventory", "get", json!({"sku": "durian"})),
+            Err(Error::rejected("unknown sku 'durian'"))
+        );
+    }
+
+    #[test]
+    fn a_placed_order_is_reserved_while_stock_lasts() {
+        let kit = kit();
+        kit.seed(STOCK, "apple", &json!({"sku": "apple", "available": 5}));
+        let placed = |id: &str, qty: u64| json!({"order_id": id, "sku": "apple", "qty": qty});
+        kit.event("orders.events", "placed", placed("o1", 2))
+            .unwrap();
+        assert!(kit.emitted(EVENTS, "reserved"));
+        kit.event("orders.events", "placed", placed("o2", 10))
+            .unwrap();
+        assert_eq!(
+            kit.emitted_body(EVENTS, "out-of-stock"),
+            json!({"order_id": "o2", "sku": "apple", "qty": 10, "available": 3})
+        );
+        assert_eq!(
+            kit.doc(STOCK, "apple"),
+            Some(json!({"sku": "apple", "available": 3}))
+        );
+        assert!(kit.logged("out of stock: o2"));
+        let keys: Vec<String> = kit
+            .events()
+            .iter()
+            .map(|e| e.headers["partition-key"].clone())
+            .collect();
+        assert_eq!(keys, ["o1", "o2"]);
+    }
+
+    #[test]
+    fn other_order_events_are_ignored() {
+        let kit = kit();
+        assert_eq!(
+            kit.event("orders.events", "confirmed", json!({"order_id": "o1"})),
+            Ok(json!(null))
+        );
+        assert!(kit.events().is_empty());
+    }
+
+    #[test]
+    fn describe_lists_topics_subscriptions_and_emits() {
+        let d = kit().describe();
+        assert_eq!(d.topics, ["inventory"]);
+        assert_eq!(d.subscribes, ["orders.events"]);
+        assert_eq!(d.emits, [EVENTS]);
+    }
 }

@@ -49,8 +49,16 @@ fn module() -> Module {
     Module::new("orders", env!("CARGO_PKG_VERSION"))
         .command("orders", "place", place)
         .command("orders", "get", get)
-        .on_event("inventory.events", "reserved", |ctx: &Ctx, a: StockAnswer| settle(ctx, a, "confirmed"))
-        .on_event("inventory.events", "out-of-stock", |ctx: &Ctx, a: StockAnswer| settle(ctx, a, "rejected"))
+        .on_event(
+            "inventory.events",
+            "reserved",
+            |ctx: &Ctx, a: StockAnswer| settle(ctx, a, "confirmed"),
+        )
+        .on_event(
+            "inventory.events",
+            "out-of-stock",
+            |ctx: &Ctx, a: StockAnswer| settle(ctx, a, "rejected"),
+        )
         .emits(EVENTS)
 }
 
@@ -67,7 +75,10 @@ fn place(ctx: &Ctx, cmd: Place) -> Result<Order, Error> {
         return Err(Error::rejected(format!("unknown sku '{}'", cmd.sku)));
     }
     if ctx.get::<Order>(ORDERS, &cmd.order_id)?.is_some() {
-        return Err(Error::rejected(format!("order '{}' already exists", cmd.order_id)));
+        return Err(Error::rejected(format!(
+            "order '{}' already exists",
+            cmd.order_id
+        )));
     }
     let order = Order {
         order_id: cmd.order_id,
@@ -95,7 +106,10 @@ fn get(ctx: &Ctx, q: Get) -> Result<Order, Error> {
 
 fn settle(ctx: &Ctx, answer: StockAnswer, status: &str) -> Result<(), Error> {
     let Some(mut order) = ctx.get::<Order>(ORDERS, &answer.order_id)? else {
-        ctx.warn(format!("inventory answered for unknown order '{}'", answer.order_id));
+        ctx.warn(format!(
+            "inventory answered for unknown order '{}'",
+            answer.order_id
+        ));
         return Ok(());
     };
     if order.value.status != "placed" {
@@ -116,4 +130,136 @@ fn settle(ctx: &Ctx, answer: StockAnswer, status: &str) -> Result<(), Error> {
         &[("partition-key", &answer.order_id)],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use switchyard_sdk::testing::Kit;
+
+    use super::*;
+
+    /// Orders with inventory's apples in stock and the manifest's grants.
+    fn kit() -> Kit {
+        let kit = Kit::new(module())
+            .reads("inventory")
+            .config("currency", "EUR");
+        kit.seed_for(
+            "inventory",
+            "stock",
+            "apple",
+            &json!({"sku": "apple", "available": 5}),
+        );
+        kit
+    }
+
+    fn place(kit: &Kit, id: &str, qty: u64) -> Result<serde_json::Value, Error> {
+        kit.command(
+            "orders",
+            "place",
+            json!({"order_id": id, "sku": "apple", "qty": qty}),
+        )
+    }
+
+    #[test]
+    fn place_stores_the_order_and_emits_placed() {
+        let kit = kit();
+        let answer = place(&kit, "o1", 2).unwrap();
+        assert_eq!(answer["status"], "placed");
+        assert_eq!(answer["currency"], "EUR");
+        assert_eq!(
+            kit.emitted_body(EVENTS, "placed"),
+            json!({"order_id": "o1", "sku": "apple", "qty": 2})
+        );
+        assert_eq!(kit.events()[0].headers["partition-key"], "o1");
+        assert_eq!(kit.version(ORDERS, "o1"), 1);
+    }
+
+    #[test]
+    fn place_rejects_an_unknown_sku_a_zero_qty_and_a_second_order_with_the_same_id() {
+        let kit = kit();
+        assert_eq!(
+            kit.command(
+                "orders",
+                "place",
+                json!({"order_id": "o1", "sku": "durian", "qty": 1})
+            ),
+            Err(Error::rejected("unknown sku 'durian'"))
+        );
+        assert_eq!(
+            place(&kit, "o1", 0),
+            Err(Error::rejected("qty must be at least 1"))
+        );
+        place(&kit, "o1", 1).unwrap();
+        assert_eq!(
+            place(&kit, "o1", 1),
+            Err(Error::rejected("order 'o1' already exists"))
+        );
+        assert_eq!(kit.events().len(), 1);
+    }
+
+    #[test]
+    fn place_needs_the_read_grant_on_inventory() {
+        let kit = Kit::new(module());
+        match place(&kit, "o1", 1) {
+            Err(Error::Invalid(m)) => assert!(m.contains("may not read module 'inventory'"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(kit.version(ORDERS, "o1"), 0);
+    }
+
+    #[test]
+    fn reserved_confirms_and_out_of_stock_rejects() {
+        let kit = kit();
+        place(&kit, "o1", 2).unwrap();
+        place(&kit, "o2", 10).unwrap();
+        kit.event(
+            "inventory.events",
+            "reserved",
+            json!({"order_id": "o1", "available": 3}),
+        )
+        .unwrap();
+        kit.event(
+            "inventory.events",
+            "out-of-stock",
+            json!({"order_id": "o2", "available": 3}),
+        )
+        .unwrap();
+        assert!(kit.emitted(EVENTS, "confirmed"));
+        assert!(kit.emitted(EVENTS, "rejected"));
+        let o1 = kit
+            .command("orders", "get", json!({"order_id": "o1"}))
+            .unwrap();
+        assert_eq!(o1["status"], "confirmed");
+        let o2 = kit
+            .command("orders", "get", json!({"order_id": "o2"}))
+            .unwrap();
+        assert_eq!(o2["status"], "rejected");
+        assert_eq!(o2["reason"], "out of stock (3 available)");
+        assert_eq!(kit.version(ORDERS, "o1"), 2);
+    }
+
+    #[test]
+    fn an_answer_is_applied_once_and_an_unknown_order_only_warns() {
+        let kit = kit();
+        place(&kit, "o1", 2).unwrap();
+        kit.event("inventory.events", "reserved", json!({"order_id": "o1"}))
+            .unwrap();
+        kit.clear_events();
+        // A late out-of-stock for a settled order changes nothing.
+        kit.event(
+            "inventory.events",
+            "out-of-stock",
+            json!({"order_id": "o1"}),
+        )
+        .unwrap();
+        assert!(kit.events().is_empty());
+        assert_eq!(
+            kit.doc::<serde_json::Value>(ORDERS, "o1").unwrap()["status"],
+            "confirmed"
+        );
+        kit.event("inventory.events", "reserved", json!({"order_id": "nope"}))
+            .unwrap();
+        assert!(kit.logged("unknown order 'nope'"));
+    }
 }

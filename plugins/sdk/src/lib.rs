@@ -11,18 +11,47 @@
 //! typed repository access with versions, event emission, configuration,
 //! logging and the clock. There is no envelope plumbing in module code.
 //!
-//! ```ignore
+//! Inside a component (`wasm32`) [`Ctx`] calls the host's WIT imports. Built
+//! for the machine you develop on, it calls the in-memory fake of
+//! [`testing`], so handlers are unit-tested with a plain `cargo test` (see
+//! [`testing::Kit`]); nothing else changes.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
 //! use switchyard_sdk::{Ctx, Error, Module};
 //!
-//! #[derive(serde::Deserialize)]
+//! #[derive(Deserialize)]
 //! struct Restock { sku: String, qty: u64 }
 //!
-//! fn restock(ctx: &Ctx, cmd: Restock) -> Result<u64, Error> { Ok(cmd.qty) }
+//! #[derive(Serialize, Deserialize)]
+//! struct Stock { sku: String, available: u64 }
+//!
+//! fn restock(ctx: &Ctx, cmd: Restock) -> Result<Stock, Error> {
+//!     if cmd.qty == 0 {
+//!         return Err(Error::rejected("qty must be at least 1"));
+//!     }
+//!     let current = ctx.get::<Stock>("stock", &cmd.sku)?;
+//!     let (available, version) = current.map_or((0, 0), |s| (s.value.available, s.version));
+//!     let stock = Stock { sku: cmd.sku, available: available + cmd.qty };
+//!     // Some(version): refused if someone else wrote the document meanwhile.
+//!     ctx.put("stock", &stock.sku, &stock, Some(version))?;
+//!     ctx.emit("inventory.events", "restocked", &stock)?;
+//!     Ok(stock)
+//! }
 //!
 //! fn module() -> Module {
-//!     Module::new("inventory", env!("CARGO_PKG_VERSION")).command("inventory", "restock", restock)
+//!     Module::new("inventory", "0.1.0")
+//!         .command("inventory", "restock", restock)
+//!         .emits("inventory.events")
 //! }
+//! // In the module crate: the component's `describe` and `handle`.
 //! switchyard_sdk::export_module!(module);
+//!
+//! // In its tests: the same handlers against the in-memory host.
+//! let kit = switchyard_sdk::testing::Kit::new(module());
+//! let out = kit.command("inventory", "restock", serde_json::json!({"sku": "apple", "qty": 5}));
+//! assert_eq!(out, Ok(serde_json::json!({"sku": "apple", "available": 5})));
+//! assert!(kit.emitted("inventory.events", "restocked"));
 //! ```
 
 extern crate self as switchyard_sdk;
@@ -36,6 +65,7 @@ use serde::de::DeserializeOwned;
 pub use wit_bindgen as __wit_bindgen;
 
 /// Generated bindings for the `switchyard:module` world.
+#[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
         world: "module",
@@ -47,15 +77,80 @@ pub mod bindings {
     });
 }
 
+#[cfg(target_arch = "wasm32")]
+mod host;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+
 use bindings::switchyard::module::{
-    clock, config, events, log as host_log, repository,
+    log as host_log,
+    repository::{self, Document},
     types::{Descriptor, Envelope, HandleError},
 };
 
 pub use bindings::switchyard::module::events::EmitError;
 pub use bindings::switchyard::module::repository::RepoError;
 
-/// Why a handler failed; the host decides retries from the kind.
+/// What [`Ctx`] calls: the WIT imports inside a component, the in-memory
+/// fake of [`testing`] natively. The signatures are the WIT functions'.
+pub(crate) trait Imports {
+    fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, RepoError>;
+    fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+    ) -> Result<u64, RepoError>;
+    fn delete(&self, collection: &str, key: &str, expected: Option<u64>)
+    -> Result<bool, RepoError>;
+    fn scan(&self, collection: &str, prefix: &str, limit: u32) -> Result<Vec<Document>, RepoError>;
+    fn read(&self, owner: &str, collection: &str, key: &str)
+    -> Result<Option<Document>, RepoError>;
+    fn read_scan(
+        &self,
+        owner: &str,
+        collection: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<Document>, RepoError>;
+    fn emit(
+        &self,
+        topic: &str,
+        subtopic: &str,
+        body: &str,
+        headers: &[(String, String)],
+    ) -> Result<String, EmitError>;
+    fn config(&self, key: &str) -> Option<String>;
+    fn config_all(&self) -> Vec<(String, String)>;
+    fn log(&self, level: Level, message: &str);
+    fn now_ms(&self) -> u64;
+}
+
+/// The host a [`Ctx`] talks to on this target.
+#[cfg(target_arch = "wasm32")]
+type Backend = host::Host;
+/// The host a [`Ctx`] talks to on this target.
+#[cfg(not(target_arch = "wasm32"))]
+type Backend = testing::FakeHost;
+
+/// Why a handler failed; the host decides what happens next from the kind
+/// (SPEC §7).
+///
+/// | kind | HTTP | retried | failure event | dead letter |
+/// |---|---|---|---|---|
+/// | `Invalid` | 422 | no | yes | yes |
+/// | `Rejected` | 409 | no | yes | no |
+/// | `Transient` | 503 after the last attempt | yes, with backoff up to `max-attempts` | after the last | after the last |
+///
+/// In every case the message's writes and events are discarded.
+///
+/// ```
+/// use switchyard_sdk::Error;
+///
+/// let e = Error::rejected(format!("unknown sku '{}'", "durian"));
+/// assert_eq!(e.to_string(), "rejected: unknown sku 'durian'");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     /// The message cannot be processed as it is (bad body, a call outside the
@@ -68,12 +163,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Invalid`] with a message.
     pub fn invalid(message: impl fmt::Display) -> Self {
         Self::Invalid(message.to_string())
     }
+    /// [`Error::Rejected`] with a message.
     pub fn rejected(message: impl fmt::Display) -> Self {
         Self::Rejected(message.to_string())
     }
+    /// [`Error::Transient`] with a message.
     pub fn transient(message: impl fmt::Display) -> Self {
         Self::Transient(message.to_string())
     }
@@ -95,7 +193,9 @@ impl std::error::Error for Error {}
 pub fn repo_error_message(e: &RepoError) -> String {
     match e {
         RepoError::NotFound => "document not found".to_string(),
-        RepoError::VersionConflict(current) => format!("version conflict (current version {current})"),
+        RepoError::VersionConflict(current) => {
+            format!("version conflict (current version {current})")
+        }
         RepoError::NotPermitted(m) => format!("not permitted: {m}"),
         RepoError::TooLarge(m) => format!("too large: {m}"),
         RepoError::Invalid(m) => format!("invalid: {m}"),
@@ -126,6 +226,8 @@ pub fn emit_error_message(e: &EmitError) -> String {
     }
 }
 
+/// Every emit error is a defect (a topic outside the grants, an oversized or
+/// malformed event): dead-lettered, not retried.
 impl From<EmitError> for Error {
     fn from(e: EmitError) -> Self {
         Error::Invalid(format!("emit: {}", emit_error_message(&e)))
@@ -136,7 +238,9 @@ impl From<EmitError> for Error {
 /// [`Ctx::put`] for an optimistic update.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Versioned<T> {
+    /// The document, decoded.
     pub value: T,
+    /// Starts at 1 and grows by one with every committed write.
     pub version: u64,
 }
 
@@ -144,11 +248,16 @@ pub struct Versioned<T> {
 pub use host_log::Level;
 
 /// What a handler sees of the message being handled, and its capabilities.
+///
+/// Every call goes through the message's unit of work: reads see this
+/// message's own writes, and writes and events reach the store only if the
+/// handler returns `Ok`.
 pub struct Ctx {
     id: String,
     topic: String,
     subtopic: String,
     headers: Vec<(String, String)>,
+    backend: Backend,
 }
 
 impl Ctx {
@@ -156,19 +265,23 @@ impl Ctx {
     pub fn id(&self) -> &str {
         &self.id
     }
+    /// The message's topic.
     pub fn topic(&self) -> &str {
         &self.topic
     }
+    /// The message's subtopic (the action or event name).
     pub fn subtopic(&self) -> &str {
         &self.subtopic
     }
-    /// A header of the message, e.g. `correlation-id` or `partition-key`.
+    /// A header of the message, e.g. `correlation-id` or `partition-key`
+    /// (names compare case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+    /// Every header of the message.
     pub fn headers(&self) -> &[(String, String)] {
         &self.headers
     }
@@ -179,11 +292,27 @@ impl Ctx {
         collection: &str,
         key: &str,
     ) -> Result<Option<Versioned<T>>, Error> {
-        decode_doc(collection, repository::get(collection, key)?)
+        decode_doc(collection, self.backend.get(collection, key)?)
     }
 
-    /// Writes a document. `expected`: `Some(0)` = must not exist yet,
-    /// `Some(n)` = must still be at version `n`. Returns the new version.
+    /// Writes a document. `expected`: `None` = whatever is there, `Some(0)` =
+    /// must not exist yet, `Some(n)` = must still be at version `n` (else
+    /// [`RepoError::VersionConflict`], which converts into
+    /// [`Error::Transient`]). Returns the new version.
+    ///
+    /// ```
+    /// use switchyard_sdk::{testing::Kit, Ctx, Error, Module, RepoError};
+    ///
+    /// fn create(ctx: &Ctx, id: String) -> Result<u64, Error> {
+    ///     match ctx.put("items", &id, &serde_json::json!({"id": id}), Some(0)) {
+    ///         Err(Error::Transient(_)) => Err(Error::rejected(format!("'{id}' exists"))),
+    ///         other => other,
+    ///     }
+    /// }
+    /// let kit = Kit::new(Module::new("items", "0.1.0").command("items", "create", create));
+    /// assert_eq!(kit.command("items", "create", "a"), Ok(serde_json::json!(1)));
+    /// assert_eq!(kit.command("items", "create", "a"), Err(Error::rejected("'a' exists")));
+    /// ```
     pub fn put<T: Serialize>(
         &self,
         collection: &str,
@@ -193,35 +322,59 @@ impl Ctx {
     ) -> Result<u64, Error> {
         let text = serde_json::to_string(value)
             .map_err(|e| Error::invalid(format!("cannot serialise {collection}/{key}: {e}")))?;
-        Ok(repository::put(collection, key, &text, expected)?)
+        Ok(self.backend.put(collection, key, &text, expected)?)
     }
 
-    /// Deletes a document; returns whether it existed.
-    pub fn delete(&self, collection: &str, key: &str, expected: Option<u64>) -> Result<bool, Error> {
-        Ok(repository::delete(collection, key, expected)?)
+    /// Deletes a document; returns whether it existed. `expected` as in
+    /// [`Ctx::put`].
+    pub fn delete(
+        &self,
+        collection: &str,
+        key: &str,
+        expected: Option<u64>,
+    ) -> Result<bool, Error> {
+        Ok(self.backend.delete(collection, key, expected)?)
     }
 
-    /// This module's documents whose key starts with `prefix`, in key order.
+    /// This module's documents whose key starts with `prefix`, in key order,
+    /// at most `limit` (the host caps it at 1,000).
     pub fn scan<T: DeserializeOwned>(
         &self,
         collection: &str,
         prefix: &str,
         limit: u32,
     ) -> Result<Vec<(String, Versioned<T>)>, Error> {
-        repository::scan(collection, prefix, limit)?
+        self.backend
+            .scan(collection, prefix, limit)?
             .into_iter()
             .map(|d| decode(collection, &d).map(|v| (d.key, v)))
             .collect()
     }
 
-    /// Reads a document of another module (needs `reads = ["owner"]`).
+    /// Reads a document of another module (needs `reads = ["owner"]` in the
+    /// module's manifest entry; without it [`RepoError::NotPermitted`]).
+    ///
+    /// ```
+    /// use switchyard_sdk::{testing::Kit, Ctx, Error, Module};
+    ///
+    /// fn exists(ctx: &Ctx, sku: String) -> Result<bool, Error> {
+    ///     Ok(ctx.read::<serde_json::Value>("inventory", "stock", &sku)?.is_some())
+    /// }
+    /// let module = || Module::new("orders", "0.1.0").command("orders", "exists", exists);
+    /// let kit = Kit::new(module()).reads("inventory");
+    /// kit.seed_for("inventory", "stock", "apple", &serde_json::json!({"available": 5}));
+    /// assert_eq!(kit.command("orders", "exists", "apple"), Ok(serde_json::json!(true)));
+    ///
+    /// let ungranted = Kit::new(module());
+    /// assert!(matches!(ungranted.command("orders", "exists", "apple"), Err(Error::Invalid(_))));
+    /// ```
     pub fn read<T: DeserializeOwned>(
         &self,
         owner: &str,
         collection: &str,
         key: &str,
     ) -> Result<Option<Versioned<T>>, Error> {
-        decode_doc(collection, repository::read(owner, collection, key)?)
+        decode_doc(collection, self.backend.read(owner, collection, key)?)
     }
 
     /// Scans a collection of another module (needs `reads = ["owner"]`).
@@ -232,19 +385,27 @@ impl Ctx {
         prefix: &str,
         limit: u32,
     ) -> Result<Vec<(String, Versioned<T>)>, Error> {
-        repository::read_scan(owner, collection, prefix, limit)?
+        self.backend
+            .read_scan(owner, collection, prefix, limit)?
             .into_iter()
             .map(|d| decode(collection, &d).map(|v| (d.key, v)))
             .collect()
     }
 
     /// Emits an event; it is published only if this message's handling
-    /// succeeds. Returns the event id.
-    pub fn emit<T: Serialize>(&self, topic: &str, subtopic: &str, body: &T) -> Result<String, Error> {
+    /// succeeds. `topic` must be among the module's `emits`. Returns the
+    /// event id.
+    pub fn emit<T: Serialize>(
+        &self,
+        topic: &str,
+        subtopic: &str,
+        body: &T,
+    ) -> Result<String, Error> {
         self.emit_with_headers(topic, subtopic, body, &[])
     }
 
-    /// [`Ctx::emit`] with extra headers, e.g. a `partition-key`.
+    /// [`Ctx::emit`] with extra headers, e.g. a `partition-key`. The host
+    /// sets `correlation-id`, `causation-id` and `timestamp` itself.
     pub fn emit_with_headers<T: Serialize>(
         &self,
         topic: &str,
@@ -252,47 +413,62 @@ impl Ctx {
         body: &T,
         headers: &[(&str, &str)],
     ) -> Result<String, Error> {
-        let text = serde_json::to_string(body)
-            .map_err(|e| Error::invalid(format!("cannot serialise event {topic}/{subtopic}: {e}")))?;
-        let headers: Vec<(String, String)> =
-            headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Ok(events::emit(topic, subtopic, &text, &headers)?)
+        let text = serde_json::to_string(body).map_err(|e| {
+            Error::invalid(format!("cannot serialise event {topic}/{subtopic}: {e}"))
+        })?;
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(self.backend.emit(topic, subtopic, &text, &headers)?)
     }
 
-    /// A value of the module's `config` table in plugins.toml.
+    /// A value of the module's `config` table in plugins.toml: strings as
+    /// they are, other TOML values as JSON text.
     pub fn config(&self, key: &str) -> Option<String> {
-        config::get(key)
+        self.backend.config(key)
     }
 
     /// Every key of the module's `config` table.
     pub fn config_all(&self) -> Vec<(String, String)> {
-        config::get_all()
+        self.backend.config_all()
     }
 
     /// Writes to the host's log, tagged with this message's ids.
     pub fn log(&self, level: Level, message: impl AsRef<str>) {
-        host_log::log(level, message.as_ref());
+        self.backend.log(level, message.as_ref());
     }
 
+    /// [`Ctx::log`] at `info`.
     pub fn info(&self, message: impl AsRef<str>) {
         self.log(Level::Info, message);
     }
 
+    /// [`Ctx::log`] at `warn`.
     pub fn warn(&self, message: impl AsRef<str>) {
         self.log(Level::Warn, message);
     }
 
     /// Wall-clock milliseconds since the Unix epoch, from the host.
     pub fn now_ms(&self) -> u64 {
-        clock::now_ms()
+        self.backend.now_ms()
     }
 }
 
-fn decode<T: DeserializeOwned>(collection: &str, doc: &repository::Document) -> Result<Versioned<T>, Error> {
+fn decode<T: DeserializeOwned>(
+    collection: &str,
+    doc: &repository::Document,
+) -> Result<Versioned<T>, Error> {
     let value = serde_json::from_str(&doc.value).map_err(|e| {
-        Error::invalid(format!("stored document {collection}/{} does not decode: {e}", doc.key))
+        Error::invalid(format!(
+            "stored document {collection}/{} does not decode: {e}",
+            doc.key
+        ))
     })?;
-    Ok(Versioned { value, version: doc.version })
+    Ok(Versioned {
+        value,
+        version: doc.version,
+    })
 }
 
 fn decode_doc<T: DeserializeOwned>(
@@ -311,6 +487,10 @@ struct Route {
 }
 
 /// A module: its identity and its typed handlers.
+///
+/// Build it in a `fn() -> Module` and export it with [`export_module!`]; the
+/// host calls that function once per message (every message runs in a fresh
+/// instance), so keep it cheap: registrations only.
 pub struct Module {
     name: String,
     version: String,
@@ -320,6 +500,8 @@ pub struct Module {
 }
 
 impl Module {
+    /// A module with no handlers yet; `version` is usually
+    /// `env!("CARGO_PKG_VERSION")`.
     pub fn new(name: &str, version: &str) -> Self {
         Self {
             name: name.to_string(),
@@ -330,7 +512,9 @@ impl Module {
         }
     }
 
-    /// Handles command `topic`/`subtopic`; the module owns `topic`.
+    /// Handles command `topic`/`subtopic`; the module owns `topic` (no other
+    /// module may). The body is parsed into `C`; a body that does not parse
+    /// is [`Error::Invalid`]. The handler's `R` is the command's answer.
     pub fn command<C, R, F>(mut self, topic: &str, subtopic: &str, handler: F) -> Self
     where
         C: DeserializeOwned,
@@ -353,12 +537,23 @@ impl Module {
         self
     }
 
-    /// Declares a topic this module emits to.
+    /// Declares a topic this module emits to (the manifest's `emits` must
+    /// grant it too; `switchyard check` compares them).
     pub fn emits(mut self, topic: &str) -> Self {
         if !self.emits.iter().any(|t| t == topic) {
             self.emits.push(topic.to_string());
         }
         self
+    }
+
+    /// The module's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Topics declared with [`Module::emits`].
+    pub fn declared_emits(&self) -> &[String] {
+        &self.emits
     }
 
     #[doc(hidden)]
@@ -374,14 +569,25 @@ impl Module {
 
     #[doc(hidden)]
     pub fn __handle(&self, message: Envelope) -> Result<String, HandleError> {
+        let body = message.body;
         let ctx = Ctx {
             id: message.id,
             topic: message.topic,
             subtopic: message.subtopic,
             headers: message.headers,
+            backend: Backend::default(),
         };
-        let outcome = if let Some(handler) = find(&self.commands, &ctx).or_else(|| find(&self.events, &ctx)) {
-            handler(&ctx, &message.body)
+        self.dispatch(&ctx, &body).map_err(|e| match e {
+            Error::Invalid(m) => HandleError::Invalid(m),
+            Error::Rejected(m) => HandleError::Rejected(m),
+            Error::Transient(m) => HandleError::Transient(m),
+        })
+    }
+
+    /// Routes one message to its handler, as the component's `handle` does.
+    pub(crate) fn dispatch(&self, ctx: &Ctx, body: &str) -> Result<String, Error> {
+        if let Some(handler) = find(&self.commands, ctx).or_else(|| find(&self.events, ctx)) {
+            handler(ctx, body)
         } else if self.commands.iter().any(|r| r.topic == ctx.topic) {
             let known: Vec<&str> = self
                 .commands
@@ -399,13 +605,11 @@ impl Module {
             // An event this module has no interest in.
             Ok("null".to_string())
         } else {
-            Err(Error::invalid(format!("module {} does not handle topic '{}'", self.name, ctx.topic)))
-        };
-        outcome.map_err(|e| match e {
-            Error::Invalid(m) => HandleError::Invalid(m),
-            Error::Rejected(m) => HandleError::Rejected(m),
-            Error::Transient(m) => HandleError::Transient(m),
-        })
+            Err(Error::invalid(format!(
+                "module {} does not handle topic '{}'",
+                self.name, ctx.topic
+            )))
+        }
     }
 }
 
@@ -447,7 +651,10 @@ fn distinct_topics(routes: &[Route]) -> Vec<String> {
 }
 
 /// Exports a module built by `$build` (a `fn() -> Module`) as the component's
-/// `describe` and `handle`.
+/// `describe` and `handle`. Use it once, at the root of the module crate.
+///
+/// Natively (for `cargo test`) the export exists but is never called: tests
+/// run the same `fn() -> Module` through [`testing::Kit`].
 #[macro_export]
 macro_rules! export_module {
     ($build:path) => {

@@ -1,0 +1,926 @@
+//! The native test kit: a module's handlers run under a plain `cargo test`,
+//! against an in-memory host that behaves like the real one.
+//!
+//! Built for the machine you develop on (not `wasm32`), [`Ctx`] talks to the
+//! [`FakeHost`] of a [`Kit`] instead of the WIT imports. The fake keeps the
+//! host's rules, so a test that passes here means the same thing in a host:
+//!
+//! - one unit of work per message: writes and emitted events are kept only
+//!   if the handler returns `Ok`, and are all discarded on an error;
+//! - versions start at 1 and grow by one per committed write; `expected`
+//!   versions are checked (`Some(0)` = must not exist), a stale one is a
+//!   [`RepoError::VersionConflict`] carrying the current version;
+//! - reading another module's collection needs [`Kit::reads`] (the
+//!   manifest's `reads`); emitting needs the topic among the module's
+//!   [`Module::emits`] (the manifest's `emits`);
+//! - the host's limits on names, keys, values, scans and events;
+//! - a message id already handled is answered with its first answer and
+//!   changes nothing (the inbox);
+//! - emitted events carry `correlation-id` and `causation-id` as the host
+//!   sets them; config comes from [`Kit::config`], time from a clock the test
+//!   sets ([`Kit::clock`]), log lines are kept ([`Kit::logged`]) and printed
+//!   to the test's output.
+//!
+//! Run a module's tests with the host's target, since the modules' workspace
+//! builds for `wasm32-wasip2` by default:
+//!
+//! ```text
+//! cd plugins && cargo test-native -p orders
+//! # the alias (plugins/.cargo/config.toml) for:
+//! cargo test --target x86_64-unknown-linux-gnu -p orders
+//! ```
+//!
+//! ```
+//! use serde_json::json;
+//! use switchyard_sdk::{testing::Kit, Ctx, Error, Module};
+//!
+//! fn place(ctx: &Ctx, order: serde_json::Value) -> Result<(), Error> {
+//!     ctx.put("orders", order["id"].as_str().unwrap_or_default(), &order, Some(0))?;
+//!     ctx.emit("orders.events", "placed", &order)?;
+//!     Ok(())
+//! }
+//! let kit = Kit::new(Module::new("orders", "0.1.0").command("orders", "place", place).emits("orders.events"));
+//! kit.command("orders", "place", json!({"id": "o-1"})).unwrap();
+//! assert!(kit.emitted("orders.events", "placed"));
+//! assert_eq!(kit.doc("orders", "o-1"), Some(json!({"id": "o-1"})));
+//! assert_eq!(kit.version("orders", "o-1"), 1);
+//! // The same order again: Some(0) finds version 1, a conflict; nothing is emitted.
+//! kit.clear_events();
+//! assert!(matches!(kit.command("orders", "place", json!({"id": "o-1"})), Err(Error::Transient(_))));
+//! assert!(kit.events().is_empty());
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::bindings::switchyard::module::repository::Document;
+use crate::{Ctx, EmitError, Error, Imports, Level, Module, RepoError, Versioned};
+
+/// Longest collection name, in bytes (as the host).
+pub const MAX_COLLECTION_LEN: usize = 128;
+/// Longest document key, in bytes (as the host).
+pub const MAX_KEY_LEN: usize = 512;
+/// Largest document value, in bytes of JSON (as the host).
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most documents one message may write (as the host).
+pub const MAX_WRITES: usize = 1_000;
+/// Most rows one scan returns, whatever the module asks for (as the host).
+pub const MAX_SCAN_LIMIT: u32 = 1_000;
+/// Most events one message may emit (as the host).
+pub const MAX_EVENTS: usize = 1_000;
+/// Longest topic or subtopic, in bytes (SPEC §3).
+pub const MAX_TOPIC_LEN: usize = 255;
+
+/// The clock's reading until a test sets it: 2026-01-01T00:00:00Z.
+pub const DEFAULT_NOW_MS: u64 = 1_767_225_600_000;
+
+/// An event a handled message emitted (and whose unit of work committed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The event's id, `evt-1`, `evt-2`, ... in emission order.
+    pub id: String,
+    /// The topic it was emitted to.
+    pub topic: String,
+    /// Its subtopic.
+    pub subtopic: String,
+    /// The module's headers plus `correlation-id` and `causation-id`.
+    pub headers: BTreeMap<String, String>,
+    /// The JSON body.
+    pub body: Value,
+}
+
+/// A message to hand to a [`Kit`], for when the id or headers matter;
+/// [`Kit::command`] and [`Kit::event`] are the short forms.
+#[derive(Debug, Clone)]
+pub struct Message {
+    id: Option<String>,
+    topic: String,
+    subtopic: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Message {
+    /// A message whose body is `body` serialised to JSON.
+    ///
+    /// # Panics
+    /// If `body` does not serialise (a bug in the test).
+    pub fn new(topic: &str, subtopic: &str, body: impl Serialize) -> Self {
+        let body = match serde_json::to_string(&body) {
+            Ok(text) => text,
+            Err(e) => panic!("the body of {topic}/{subtopic} does not serialise: {e}"),
+        };
+        Self::raw(topic, subtopic, body)
+    }
+
+    /// A message whose body text is taken as it is (e.g. to test a body
+    /// that is not JSON).
+    pub fn raw(topic: &str, subtopic: &str, body: impl Into<String>) -> Self {
+        Self {
+            id: None,
+            topic: topic.to_string(),
+            subtopic: subtopic.to_string(),
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// The message id (otherwise `msg-1`, `msg-2`, ...).
+    pub fn id(mut self, id: &str) -> Self {
+        self.id = Some(id.to_string());
+        self
+    }
+
+    /// Adds a header, e.g. `partition-key`.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+}
+
+/// One line the module logged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    /// Its level.
+    pub level: Level,
+    /// Its text.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Stored {
+    value: String,
+    version: u64,
+}
+
+/// (owner module, collection, key)
+type DocId = (String, String, String);
+
+/// The message being handled: what commit or rollback needs.
+struct Uow {
+    message_id: String,
+    correlation_id: String,
+    /// The documents as they were before the message: restored on an error,
+    /// and the base of the versions its writes get.
+    before: BTreeMap<DocId, Stored>,
+    written: Vec<DocId>,
+    events: Vec<Event>,
+}
+
+struct World {
+    module: String,
+    reads: Vec<String>,
+    emits: Vec<String>,
+    config: BTreeMap<String, String>,
+    now_ms: u64,
+    docs: BTreeMap<DocId, Stored>,
+    events: Vec<Event>,
+    logs: Vec<LogLine>,
+    /// Committed answers by message id.
+    inbox: HashMap<String, String>,
+    uow: Option<Uow>,
+    next_message: u64,
+    next_event: u64,
+}
+
+/// The in-memory host behind a [`Ctx`] in native builds; shared by a [`Kit`]
+/// and the `Ctx` of the message it is running.
+#[derive(Clone)]
+pub struct FakeHost(Rc<RefCell<World>>);
+
+impl Default for FakeHost {
+    fn default() -> Self {
+        Self::for_module("module", Vec::new())
+    }
+}
+
+impl FakeHost {
+    fn for_module(module: &str, emits: Vec<String>) -> Self {
+        Self(Rc::new(RefCell::new(World {
+            module: module.to_string(),
+            reads: Vec::new(),
+            emits,
+            config: BTreeMap::new(),
+            now_ms: DEFAULT_NOW_MS,
+            docs: BTreeMap::new(),
+            events: Vec::new(),
+            logs: Vec::new(),
+            inbox: HashMap::new(),
+            uow: None,
+            next_message: 0,
+            next_event: 0,
+        })))
+    }
+}
+
+impl World {
+    fn own(&self, collection: &str, key: &str) -> DocId {
+        (self.module.clone(), collection.to_string(), key.to_string())
+    }
+
+    fn document(&self, id: &DocId) -> Option<Document> {
+        self.docs.get(id).map(|d| Document {
+            key: id.2.clone(),
+            value: d.value.clone(),
+            version: d.version,
+        })
+    }
+
+    fn check_read_grant(&self, owner: &str) -> Result<(), RepoError> {
+        if owner == self.module || self.reads.iter().any(|m| m == owner) {
+            Ok(())
+        } else {
+            Err(RepoError::NotPermitted(format!(
+                "module '{}' may not read module '{owner}': list it in `reads` in plugins.toml (Kit::reads in a test)",
+                self.module
+            )))
+        }
+    }
+
+    fn scan_of(&self, owner: &str, collection: &str, prefix: &str, limit: u32) -> Vec<Document> {
+        // A guest-chosen limit: capped as the host caps it.
+        let limit = limit.min(MAX_SCAN_LIMIT) as usize;
+        self.docs
+            .iter()
+            .filter(|((o, c, k), _)| o == owner && c == collection && k.starts_with(prefix))
+            .take(limit)
+            .map(|((_, _, k), d)| Document {
+                key: k.clone(),
+                value: d.value.clone(),
+                version: d.version,
+            })
+            .collect()
+    }
+
+    fn uow(&mut self) -> Result<&mut Uow, RepoError> {
+        self.uow
+            .as_mut()
+            .ok_or_else(|| RepoError::Unavailable("no message is being handled".into()))
+    }
+
+    /// The version a write in this message produces: one past the version
+    /// before the message, however often the message writes it (as the host).
+    fn write(&mut self, id: DocId, value: Option<String>) -> Result<u64, RepoError> {
+        let uow = self.uow()?;
+        let base = uow.before.get(&id).map_or(0, |d| d.version);
+        if !uow.written.contains(&id) {
+            if uow.written.len() >= MAX_WRITES {
+                return Err(RepoError::TooLarge(format!(
+                    "more than {MAX_WRITES} documents written by one message"
+                )));
+            }
+            uow.written.push(id.clone());
+        }
+        match value {
+            Some(value) => {
+                self.docs.insert(
+                    id,
+                    Stored {
+                        value,
+                        version: base + 1,
+                    },
+                );
+            }
+            None => {
+                self.docs.remove(&id);
+            }
+        }
+        Ok(base + 1)
+    }
+}
+
+fn check_expected(expected: Option<u64>, current: u64) -> Result<(), RepoError> {
+    match expected {
+        Some(v) if v != current => Err(RepoError::VersionConflict(current)),
+        _ => Ok(()),
+    }
+}
+
+/// Names as the host checks them.
+fn check_address(collection: &str, key: &str) -> Result<(), RepoError> {
+    if collection.is_empty()
+        || !collection
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(RepoError::Invalid(format!(
+            "collection {collection:?} must be non-empty [A-Za-z0-9._-]"
+        )));
+    }
+    if collection.len() > MAX_COLLECTION_LEN {
+        return Err(RepoError::TooLarge(format!(
+            "collection name over {MAX_COLLECTION_LEN} bytes"
+        )));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(RepoError::TooLarge(format!(
+            "key of {} bytes; the limit is {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOPIC_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Imports for FakeHost {
+    fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, RepoError> {
+        check_address(collection, key)?;
+        let w = self.0.borrow();
+        Ok(w.document(&w.own(collection, key)))
+    }
+
+    fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        value: &str,
+        expected: Option<u64>,
+    ) -> Result<u64, RepoError> {
+        check_address(collection, key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(RepoError::TooLarge(format!(
+                "value of {collection}/{key} is {} bytes; the limit is {MAX_VALUE_BYTES}",
+                value.len()
+            )));
+        }
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(value) {
+            return Err(RepoError::Invalid(format!(
+                "value of {collection}/{key} is not JSON: {e}"
+            )));
+        }
+        let mut w = self.0.borrow_mut();
+        let id = w.own(collection, key);
+        let current = w.docs.get(&id).map_or(0, |d| d.version);
+        check_expected(expected, current)?;
+        w.write(id, Some(value.to_string()))
+    }
+
+    fn delete(
+        &self,
+        collection: &str,
+        key: &str,
+        expected: Option<u64>,
+    ) -> Result<bool, RepoError> {
+        check_address(collection, key)?;
+        let mut w = self.0.borrow_mut();
+        let id = w.own(collection, key);
+        let current = w.docs.get(&id).map_or(0, |d| d.version);
+        if current == 0 {
+            return match expected {
+                Some(v) if v != 0 => Err(RepoError::NotFound),
+                _ => Ok(false),
+            };
+        }
+        check_expected(expected, current)?;
+        w.write(id, None)?;
+        Ok(true)
+    }
+
+    fn scan(&self, collection: &str, prefix: &str, limit: u32) -> Result<Vec<Document>, RepoError> {
+        check_address(collection, prefix)?;
+        let w = self.0.borrow();
+        Ok(w.scan_of(&w.module, collection, prefix, limit))
+    }
+
+    fn read(
+        &self,
+        owner: &str,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<Document>, RepoError> {
+        let w = self.0.borrow();
+        w.check_read_grant(owner)?;
+        check_address(collection, key)?;
+        Ok(w.document(&(owner.to_string(), collection.to_string(), key.to_string())))
+    }
+
+    fn read_scan(
+        &self,
+        owner: &str,
+        collection: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<Document>, RepoError> {
+        let w = self.0.borrow();
+        w.check_read_grant(owner)?;
+        check_address(collection, prefix)?;
+        Ok(w.scan_of(owner, collection, prefix, limit))
+    }
+
+    fn emit(
+        &self,
+        topic: &str,
+        subtopic: &str,
+        body: &str,
+        headers: &[(String, String)],
+    ) -> Result<String, EmitError> {
+        let mut w = self.0.borrow_mut();
+        if !w.emits.iter().any(|t| t == topic) {
+            return Err(EmitError::NotPermitted(format!(
+                "module '{}' may not emit to '{topic}': add it to `emits` (declared: {})",
+                w.module,
+                w.emits.join(", ")
+            )));
+        }
+        if !valid_name(topic) || !valid_name(subtopic) {
+            return Err(EmitError::Invalid(format!(
+                "topic and subtopic must be 1 to {MAX_TOPIC_LEN} of [A-Za-z0-9._-]: {topic:?}/{subtopic:?}"
+            )));
+        }
+        let body: Value = serde_json::from_str(body)
+            .map_err(|e| EmitError::Invalid(format!("event body is not JSON: {e}")))?;
+        w.next_event += 1;
+        let id = format!("evt-{}", w.next_event);
+        let Some(uow) = w.uow.as_mut() else {
+            return Err(EmitError::Invalid("no message is being handled".into()));
+        };
+        if uow.events.len() >= MAX_EVENTS {
+            return Err(EmitError::TooLarge(format!(
+                "more than {MAX_EVENTS} events from one message"
+            )));
+        }
+        let mut map: BTreeMap<String, String> = headers.iter().cloned().collect();
+        map.insert("correlation-id".into(), uow.correlation_id.clone());
+        map.insert("causation-id".into(), uow.message_id.clone());
+        uow.events.push(Event {
+            id: id.clone(),
+            topic: topic.to_string(),
+            subtopic: subtopic.to_string(),
+            headers: map,
+            body,
+        });
+        Ok(id)
+    }
+
+    fn config(&self, key: &str) -> Option<String> {
+        self.0.borrow().config.get(key).cloned()
+    }
+
+    fn config_all(&self) -> Vec<(String, String)> {
+        let w = self.0.borrow();
+        w.config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn log(&self, level: Level, message: &str) {
+        let mut w = self.0.borrow_mut();
+        // Shown by the test harness when a test fails (or with --nocapture).
+        eprintln!("[{} {level:?}] {message}", w.module);
+        w.logs.push(LogLine {
+            level,
+            message: message.to_string(),
+        });
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.0.borrow().now_ms
+    }
+}
+
+/// A module under test with its in-memory host.
+///
+/// ```
+/// use serde_json::json;
+/// use switchyard_sdk::{testing::Kit, Ctx, Error, Module};
+///
+/// fn stamp(ctx: &Ctx, _: serde_json::Value) -> Result<serde_json::Value, Error> {
+///     Ok(json!({"currency": ctx.config("currency"), "at": ctx.now_ms()}))
+/// }
+/// let kit = Kit::new(Module::new("m", "0.1.0").command("m", "stamp", stamp))
+///     .config("currency", "EUR")
+///     .clock(42);
+/// assert_eq!(kit.command("m", "stamp", json!({})), Ok(json!({"currency": "EUR", "at": 42})));
+/// ```
+pub struct Kit {
+    module: Module,
+    host: FakeHost,
+}
+
+impl Kit {
+    /// The module with an empty repository; its emit grants are the topics
+    /// it declares with [`Module::emits`], as an unlisted module gets them.
+    pub fn new(module: Module) -> Self {
+        let host = FakeHost::for_module(module.name(), module.declared_emits().to_vec());
+        Self { module, host }
+    }
+
+    /// Grants reading `owner`'s collections (the manifest's `reads`).
+    pub fn reads(self, owner: &str) -> Self {
+        self.host.0.borrow_mut().reads.push(owner.to_string());
+        self
+    }
+
+    /// Replaces the emit grants (the manifest's `emits`), e.g. to test what
+    /// the module does when a grant is missing.
+    pub fn emit_grants(self, topics: &[&str]) -> Self {
+        self.host.0.borrow_mut().emits = topics.iter().map(|t| t.to_string()).collect();
+        self
+    }
+
+    /// Sets a key of the module's `config` table.
+    pub fn config(self, key: &str, value: &str) -> Self {
+        self.host
+            .0
+            .borrow_mut()
+            .config
+            .insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// Sets the clock (milliseconds since the Unix epoch).
+    pub fn clock(self, now_ms: u64) -> Self {
+        self.set_clock(now_ms);
+        self
+    }
+
+    /// Sets the clock between messages.
+    pub fn set_clock(&self, now_ms: u64) {
+        self.host.0.borrow_mut().now_ms = now_ms;
+    }
+
+    /// Moves the clock on by `ms`.
+    pub fn advance_clock(&self, ms: u64) {
+        let mut w = self.host.0.borrow_mut();
+        w.now_ms = w.now_ms.saturating_add(ms);
+    }
+
+    /// Handles a command as the host would; returns the handler's answer.
+    pub fn command(
+        &self,
+        topic: &str,
+        subtopic: &str,
+        body: impl Serialize,
+    ) -> Result<Value, Error> {
+        self.handle(Message::new(topic, subtopic, body))
+    }
+
+    /// Delivers an event to the module's subscription; the same as
+    /// [`Kit::command`], named for what the test means.
+    pub fn event(&self, topic: &str, subtopic: &str, body: impl Serialize) -> Result<Value, Error> {
+        self.handle(Message::new(topic, subtopic, body))
+    }
+
+    /// Delivers an event another module's kit emitted (same id and
+    /// headers), to test a saga across modules natively.
+    pub fn deliver(&self, event: &Event) -> Result<Value, Error> {
+        let mut message = Message::new(&event.topic, &event.subtopic, &event.body).id(&event.id);
+        message.headers = event
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        self.handle(message)
+    }
+
+    /// Handles one message in its own unit of work: on `Ok` its writes and
+    /// events are kept, on `Err` all of them are discarded. A message id
+    /// handled before is answered with the first answer and changes nothing.
+    pub fn handle(&self, message: Message) -> Result<Value, Error> {
+        let (id, headers) = {
+            let mut w = self.host.0.borrow_mut();
+            let id = match message.id {
+                Some(id) => id,
+                None => {
+                    w.next_message += 1;
+                    format!("msg-{}", w.next_message)
+                }
+            };
+            if let Some(answer) = w.inbox.get(&id) {
+                return Ok(parse_answer(answer));
+            }
+            let correlation_id = message
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("correlation-id"))
+                .map_or_else(|| id.clone(), |(_, v)| v.clone());
+            let mut headers = message.headers;
+            if !headers.iter().any(|(k, _)| k == "correlation-id") {
+                headers.push(("correlation-id".into(), correlation_id.clone()));
+            }
+            // The host tells the module which attempt this is.
+            headers.push(("attempt".into(), "1".into()));
+            w.uow = Some(Uow {
+                message_id: id.clone(),
+                correlation_id,
+                before: w.docs.clone(),
+                written: Vec::new(),
+                events: Vec::new(),
+            });
+            (id, headers)
+        };
+        let ctx = Ctx {
+            id: id.clone(),
+            topic: message.topic,
+            subtopic: message.subtopic,
+            headers,
+            backend: self.host.clone(),
+        };
+        let result = self.module.dispatch(&ctx, &message.body);
+        let mut w = self.host.0.borrow_mut();
+        let Some(uow) = w.uow.take() else {
+            return Err(Error::invalid("the unit of work vanished (a kit bug)"));
+        };
+        match result {
+            Ok(answer) => {
+                w.events.extend(uow.events);
+                let value = parse_answer(&answer);
+                w.inbox.insert(id, answer);
+                Ok(value)
+            }
+            Err(e) => {
+                w.docs = uow.before;
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a handled message emitted `topic`/`subtopic` (since the last
+    /// [`Kit::clear_events`]).
+    pub fn emitted(&self, topic: &str, subtopic: &str) -> bool {
+        self.host
+            .0
+            .borrow()
+            .events
+            .iter()
+            .any(|e| e.topic == topic && e.subtopic == subtopic)
+    }
+
+    /// The body of the last `topic`/`subtopic` event emitted.
+    ///
+    /// # Panics
+    /// If there is none; the message lists what was emitted.
+    pub fn emitted_body(&self, topic: &str, subtopic: &str) -> Value {
+        let w = self.host.0.borrow();
+        match w
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.topic == topic && e.subtopic == subtopic)
+        {
+            Some(e) => e.body.clone(),
+            None => {
+                let seen: Vec<String> = w
+                    .events
+                    .iter()
+                    .map(|e| format!("{}/{}", e.topic, e.subtopic))
+                    .collect();
+                panic!(
+                    "no {topic}/{subtopic} event was emitted (emitted: [{}])",
+                    seen.join(", ")
+                )
+            }
+        }
+    }
+
+    /// Every event emitted since the last [`Kit::clear_events`], in order.
+    pub fn events(&self) -> Vec<Event> {
+        self.host.0.borrow().events.clone()
+    }
+
+    /// Returns and forgets the emitted events (e.g. to [`Kit::deliver`]
+    /// them to another module's kit).
+    pub fn take_events(&self) -> Vec<Event> {
+        std::mem::take(&mut self.host.0.borrow_mut().events)
+    }
+
+    /// Forgets the emitted events.
+    pub fn clear_events(&self) {
+        self.host.0.borrow_mut().events.clear();
+    }
+
+    /// One of the module's documents, decoded into `T` (e.g. `serde_json::Value`).
+    ///
+    /// # Panics
+    /// If the stored document does not decode into `T`.
+    pub fn doc<T: DeserializeOwned>(&self, collection: &str, key: &str) -> Option<T> {
+        let module = self.module.name().to_string();
+        self.doc_of(&module, collection, key).map(|d| d.value)
+    }
+
+    /// The current version of one of the module's documents (0 = absent).
+    pub fn version(&self, collection: &str, key: &str) -> u64 {
+        let w = self.host.0.borrow();
+        w.docs.get(&w.own(collection, key)).map_or(0, |d| d.version)
+    }
+
+    /// Any module's document with its version.
+    ///
+    /// # Panics
+    /// If the stored document does not decode into `T`.
+    pub fn doc_of<T: DeserializeOwned>(
+        &self,
+        owner: &str,
+        collection: &str,
+        key: &str,
+    ) -> Option<Versioned<T>> {
+        let w = self.host.0.borrow();
+        let id = (owner.to_string(), collection.to_string(), key.to_string());
+        w.docs
+            .get(&id)
+            .map(|d| match serde_json::from_str(&d.value) {
+                Ok(value) => Versioned {
+                    value,
+                    version: d.version,
+                },
+                Err(e) => panic!("{owner}/{collection}/{key} does not decode: {e}"),
+            })
+    }
+
+    /// Writes one of the module's documents outside any message (state
+    /// before the test, or another writer between messages); returns the
+    /// new version.
+    pub fn seed(&self, collection: &str, key: &str, value: &impl Serialize) -> u64 {
+        let module = self.module.name().to_string();
+        self.seed_for(&module, collection, key, value)
+    }
+
+    /// [`Kit::seed`] for another module's collection, for
+    /// [`Ctx::read`] (grant it with [`Kit::reads`]).
+    ///
+    /// # Panics
+    /// If `value` does not serialise.
+    pub fn seed_for(
+        &self,
+        owner: &str,
+        collection: &str,
+        key: &str,
+        value: &impl Serialize,
+    ) -> u64 {
+        let value = match serde_json::to_string(value) {
+            Ok(v) => v,
+            Err(e) => panic!("the seed {owner}/{collection}/{key} does not serialise: {e}"),
+        };
+        let mut w = self.host.0.borrow_mut();
+        let id = (owner.to_string(), collection.to_string(), key.to_string());
+        let version = w.docs.get(&id).map_or(0, |d| d.version) + 1;
+        w.docs.insert(id, Stored { value, version });
+        version
+    }
+
+    /// Whether the module logged a line containing `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.host
+            .0
+            .borrow()
+            .logs
+            .iter()
+            .any(|l| l.message.contains(needle))
+    }
+
+    /// Every line the module logged.
+    pub fn logs(&self) -> Vec<LogLine> {
+        self.host.0.borrow().logs.clone()
+    }
+
+    /// The module's `describe`: name, version, topics, subscriptions, emits.
+    pub fn describe(&self) -> crate::bindings::switchyard::module::types::Descriptor {
+        self.module.__describe()
+    }
+}
+
+fn parse_answer(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Bump {
+        key: String,
+        expected: Option<u64>,
+        fail: bool,
+    }
+
+    fn bump(ctx: &Ctx, cmd: Bump) -> Result<u64, Error> {
+        let current: Option<Versioned<u64>> = ctx.get("n", &cmd.key)?;
+        let next = current.map_or(1, |c| c.value + 1);
+        let version = ctx.put("n", &cmd.key, &next, cmd.expected)?;
+        ctx.emit("n.events", "bumped", &json!({"key": cmd.key, "n": next}))?;
+        if cmd.fail {
+            return Err(Error::transient("asked to fail"));
+        }
+        Ok(version)
+    }
+
+    fn kit() -> Kit {
+        Kit::new(
+            Module::new("n", "0.1.0")
+                .command("n", "bump", bump)
+                .emits("n.events"),
+        )
+    }
+
+    #[test]
+    fn a_failed_message_leaves_no_writes_and_no_events() {
+        let kit = kit();
+        let ok = json!({"key": "a", "expected": null, "fail": false});
+        assert_eq!(kit.command("n", "bump", &ok), Ok(json!(1)));
+        let failing = json!({"key": "a", "expected": null, "fail": true});
+        assert!(matches!(
+            kit.command("n", "bump", failing),
+            Err(Error::Transient(_))
+        ));
+        assert_eq!(kit.doc::<u64>("n", "a"), Some(1));
+        assert_eq!(kit.version("n", "a"), 1);
+        assert_eq!(kit.events().len(), 1);
+    }
+
+    #[test]
+    fn a_stale_expected_version_is_a_conflict_with_the_current_one() {
+        let kit = kit();
+        kit.seed("n", "a", &5);
+        kit.seed("n", "a", &6);
+        let stale = json!({"key": "a", "expected": 1, "fail": false});
+        assert_eq!(
+            kit.command("n", "bump", stale),
+            Err(Error::from(RepoError::VersionConflict(2)))
+        );
+        let fresh = json!({"key": "a", "expected": 2, "fail": false});
+        assert_eq!(kit.command("n", "bump", fresh), Ok(json!(3)));
+        assert_eq!(kit.doc::<u64>("n", "a"), Some(7));
+    }
+
+    #[test]
+    fn a_repeated_message_id_is_answered_once() {
+        let kit = kit();
+        let body = json!({"key": "a", "expected": null, "fail": false});
+        let first = kit.handle(Message::new("n", "bump", &body).id("m-1"));
+        let again = kit.handle(Message::new("n", "bump", &body).id("m-1"));
+        assert_eq!(first, again);
+        assert_eq!(kit.doc::<u64>("n", "a"), Some(1));
+        assert_eq!(kit.events().len(), 1);
+    }
+
+    #[test]
+    fn events_carry_correlation_and_causation() {
+        let kit = kit();
+        let body = json!({"key": "a", "expected": null, "fail": false});
+        kit.handle(
+            Message::new("n", "bump", body)
+                .id("m-7")
+                .header("correlation-id", "c-1"),
+        )
+        .unwrap();
+        let event = &kit.events()[0];
+        assert_eq!(event.headers["correlation-id"], "c-1");
+        assert_eq!(event.headers["causation-id"], "m-7");
+        assert_eq!(
+            kit.emitted_body("n.events", "bumped"),
+            json!({"key": "a", "n": 1})
+        );
+    }
+
+    #[test]
+    fn emitting_outside_the_grants_is_refused() {
+        let kit = kit().emit_grants(&["other"]);
+        let body = json!({"key": "a", "expected": null, "fail": false});
+        match kit.command("n", "bump", body) {
+            Err(Error::Invalid(m)) => assert!(m.contains("may not emit to 'n.events'"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(kit.version("n", "a"), 0);
+    }
+
+    #[test]
+    fn a_body_that_does_not_parse_is_invalid_and_names_the_field() {
+        let kit = kit();
+        match kit.handle(Message::raw("n", "bump", r#"{"key":"a"}"#)) {
+            Err(Error::Invalid(m)) => assert!(m.contains("missing field `fail`"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn scans_are_in_key_order_by_prefix_with_a_limit() {
+        fn list(ctx: &Ctx, prefix: String) -> Result<Vec<String>, Error> {
+            Ok(ctx
+                .scan::<Value>("c", &prefix, 2)?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect())
+        }
+        let kit = Kit::new(Module::new("s", "0.1.0").command("s", "list", list));
+        for k in ["b2", "a1", "b1", "b3"] {
+            kit.seed("c", k, &json!({}));
+        }
+        assert_eq!(kit.command("s", "list", "b"), Ok(json!(["b1", "b2"])));
+    }
+}

@@ -1,0 +1,129 @@
+//! A module written in Python (plugins/notifications-py, built with
+//! componentize-py) in the SPEC §10 saga beside the Rust modules.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::{EXAMPLES, Project, TestHost, eventually, repo_root};
+
+/// The manifest entry of the Python module (as in the repository's plugins.toml).
+pub const NOTIFICATIONS: &str = r#"
+[modules.notifications]
+file = "notifications.wasm"
+topics = ["notifications"]
+subscribes = ["orders.events"]
+backoff-ms = 5
+"#;
+
+/// The build command of the repository's plugins.toml.
+const BUILD: &str = "componentize-py -d wit -w module componentize -p plugins/notifications-py app \
+                     -o plugins/target/python/notifications.wasm";
+
+/// Builds the Python component once per test run, as `switchyard build`
+/// would (installing componentize-py with pip if it is missing).
+pub fn notifications_wasm() -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let root = repo_root();
+        switchyard::builder::ensure_componentize_py().map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(root.join("plugins/target/python")).map_err(|e| e.to_string())?;
+        switchyard::builder::run_command(BUILD, &root, "notifications")
+            .map_err(|e| e.to_string())?;
+        Ok(root.join("plugins/target/python/notifications.wasm"))
+    });
+    match built {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("building the Python module failed: {e}"),
+    }
+}
+
+fn project() -> Project {
+    let project = Project::new(
+        &["orders", "inventory"],
+        &format!("{EXAMPLES}{NOTIFICATIONS}"),
+    );
+    std::fs::copy(
+        notifications_wasm(),
+        project.dir.path().join("plugins/notifications.wasm"),
+    )
+    .unwrap();
+    project
+}
+
+async fn notification(host: &TestHost, order_id: &str) -> (u16, serde_json::Value) {
+    host.command("notifications", "get", json!({"order_id": order_id}))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_module_turns_the_sagas_events_into_notifications() {
+    let project = project();
+    let host = project.start().await;
+    let (status, modules) = host.get("/v1/modules").await;
+    assert_eq!(status, 200);
+    assert!(
+        modules.to_string().contains("\"notifications\""),
+        "the Python module is loaded: {modules}"
+    );
+
+    crate::saga::saga(&host).await;
+
+    let o1 = eventually("o1's notification", Duration::from_secs(20), || async {
+        let (status, answer) = notification(&host, "o1").await;
+        (status == 200 && answer["output"]["status"] == "confirmed").then_some(answer)
+    })
+    .await;
+    assert_eq!(o1["output"]["text"], "Your order o1 is confirmed.");
+    let history: Vec<&str> = o1["output"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["placed", "confirmed"]);
+    let o2 = eventually("o2's notification", Duration::from_secs(20), || async {
+        let (status, answer) = notification(&host, "o2").await;
+        (status == 200 && answer["output"]["status"] == "rejected").then_some(answer)
+    })
+    .await;
+    assert_eq!(
+        o2["output"]["text"],
+        "Sorry, your order o2 could not be fulfilled."
+    );
+
+    // Typed errors travel from Python like from Rust.
+    let (status, answer) = notification(&host, "o9").await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no notification for order 'o9'"),
+        "{answer}"
+    );
+    let (status, answer) = host
+        .command("notifications", "get", json!({"order": "o1"}))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+
+    // What a message costs in Python (a fresh instance each) next to Rust.
+    for (topic, body) in [
+        ("notifications", json!({"order_id": "o1"})),
+        ("orders", json!({"order_id": "o1"})),
+    ] {
+        let n = 20;
+        let start = Instant::now();
+        for _ in 0..n {
+            let (status, _) = host.command(topic, "get", body.clone()).await;
+            assert_eq!(status, 200);
+        }
+        eprintln!(
+            "{topic}/get over HTTP: {:.2} ms per message (mean of {n})",
+            start.elapsed().as_secs_f64() * 1000.0 / f64::from(n)
+        );
+    }
+    host.stop().await;
+}
