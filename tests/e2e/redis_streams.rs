@@ -38,8 +38,12 @@ impl Streams {
     pub(crate) async fn new() -> Self {
         let tag = uuid::Uuid::now_v7().simple().to_string();
         let client = redis::Client::open(redis_url()).expect("redis url");
+        // A loaded CI machine can take longer than redis-rs's default
+        // response timeout to read a long stream back.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(std::time::Duration::from_secs(30)));
         let conn = client
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("redis is running (see .ci/run)");
         Self {
