@@ -309,7 +309,7 @@ mod tests {
         let err = Envelope::from_stream_fields(
             "orders",
             &fields(&[("envelope", r#"{"topic":"other","subtopic":"s","body":1}"#)]),
-            String::new,
+            || "redis:orders:1-0".into(),
         )
         .expect_err("must be refused");
         assert!(err.to_string().contains("does not match"), "{err}");
