@@ -79,6 +79,7 @@ async fn run() -> anyhow::Result<()> {
         bare.as_secs_f64() * 1e6,
         1.0 / bare.as_secs_f64()
     );
+    print_breakdown(&engine, &module).await;
 
     let mut round = 0usize;
     for (label, concurrency) in [("1 in flight", 1), ("32 in flight", CONCURRENCY)] {
@@ -155,6 +156,103 @@ async fn bare_call(engine: &Engine, module: &LoadedModule) -> Duration {
         assert!(answer.is_err());
     }
     start.elapsed() / BARE_CALLS as u32
+}
+
+/// Where the time of [`bare_call`] goes, phase by phase, medians over rounds.
+#[derive(Default, Clone, Copy)]
+struct Phases {
+    /// `Engine::new_store`: host state, limits, `Store::new`.
+    store: Duration,
+    /// `instantiate_async`: pool slot, memory image, tables, start functions.
+    instantiate: Duration,
+    /// `call_handle`: arguments into the guest, guest code, result out.
+    handle: Duration,
+    /// Dropping the store: the pool slot is reset for the next instance.
+    drop: Duration,
+}
+
+async fn print_breakdown(engine: &Engine, module: &LoadedModule) {
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        rounds.push(phases(engine, module).await);
+    }
+    let median_of = |f: fn(&Phases) -> Duration| {
+        let mut v: Vec<Duration> = rounds.iter().map(f).collect();
+        v.sort();
+        v[ROUNDS / 2]
+    };
+    let parts: [(&str, fn(&Phases) -> Duration); 4] = [
+        ("new store (host state, limits)", |p| p.store),
+        ("instantiate (pool slot, memory, start)", |p| p.instantiate),
+        ("handle call (args in, guest, result out)", |p| p.handle),
+        ("drop store (slot reset)", |p| p.drop),
+    ];
+    println!("  where the bare time goes (medians, us/msg):");
+    let mut total = 0.0;
+    for (label, f) in parts {
+        let us = median_of(f).as_secs_f64() * 1e6;
+        total += us;
+        println!("    {label:<42} {us:>8.2}");
+    }
+    println!("    {:<42} {total:>8.2}", "sum of phases");
+    // What a full wasmtime-wasi context per store costs (the host used to
+    // build one per message; it now links its own context-free WASI).
+    let start = Instant::now();
+    for _ in 0..BARE_CALLS {
+        std::hint::black_box(wasmtime_wasi::WasiCtx::builder().build());
+    }
+    let wasi_ctx = start.elapsed() / BARE_CALLS as u32;
+    println!(
+        "    {:<42} {:>8.2}",
+        "(for comparison: one WasiCtx::builder().build())",
+        wasi_ctx.as_secs_f64() * 1e6
+    );
+}
+
+async fn phases(engine: &Engine, module: &LoadedModule) -> Phases {
+    let message = switchyard::engine::bindings::switchyard::module::types::Envelope {
+        id: "bench".into(),
+        topic: "inventory".into(),
+        subtopic: "nothing".into(),
+        headers: Vec::new(),
+        body: "{}".into(),
+    };
+    let grants = Arc::new(Grants {
+        name: "inventory".into(),
+        ..Grants::default()
+    });
+    let mut p = Phases::default();
+    for _ in 0..BARE_CALLS {
+        let t0 = Instant::now();
+        let mut store = engine.new_store(
+            UnitOfWork::detached(grants.clone()),
+            64,
+            Duration::from_secs(2),
+        );
+        let t1 = Instant::now();
+        let guest = module
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .expect("instantiate");
+        let t2 = Instant::now();
+        let answer = guest.call_handle(&mut store, &message).await.expect("call");
+        let t3 = Instant::now();
+        drop(store);
+        let t4 = Instant::now();
+        assert!(answer.is_err());
+        p.store += t1 - t0;
+        p.instantiate += t2 - t1;
+        p.handle += t3 - t2;
+        p.drop += t4 - t3;
+    }
+    let n = BARE_CALLS as u32;
+    Phases {
+        store: p.store / n,
+        instantiate: p.instantiate / n,
+        handle: p.handle / n,
+        drop: p.drop / n,
+    }
 }
 
 fn restock(round: usize, i: usize) -> Envelope {

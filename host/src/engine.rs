@@ -1,5 +1,6 @@
 //! The wasmtime side: one `Engine` (pooling allocator, epoch deadlines), one
-//! `Linker` with WASI and the Switchyard imports, and per-message stores.
+//! `Linker` with the Switchyard imports and the little WASI a module gets
+//! (see [`crate::capabilities::wasi`]), and per-message stores.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,6 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder,
 };
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::registry::Grants;
 use crate::uow::UnitOfWork;
@@ -35,21 +35,13 @@ pub const POOL_INSTANCES: u32 = 1_000;
 /// per store below this).
 const POOL_MAX_MEMORY: usize = 4 << 30;
 
-/// The state of one store: one message's sandbox.
+/// The state of one store: one message's sandbox. No WASI context: the
+/// WASI a module gets has no per-store state beyond the resource table.
 pub struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    /// WASI streams the guest opened (stdin, stdout, stderr).
+    pub(crate) table: ResourceTable,
     limits: StoreLimits,
     pub uow: UnitOfWork,
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +86,9 @@ impl Engine {
             wasmtime::Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
-        // Rust guests import wasi:cli and wasi:io even when they do no I/O;
-        // the context is empty: no preopened dirs, no env, no network.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        // Rust guests import wasi:cli and wasi:io even when they do no I/O:
+        // link those, with nothing behind them (no env, stdin, files, network).
+        crate::capabilities::wasi::add_to_linker(&mut linker)
             .map_err(|e| EngineError::Config(format!("{e:#}")))?;
         Guest::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
             &mut linker,
@@ -173,9 +165,13 @@ impl Engine {
     }
 
     /// Links a component against the world, once per loaded module.
+    /// Other `wasi:*` imports (a language runtime may link all of WASI) are
+    /// linked to functions that trap when called.
     pub fn prepare(&self, component: &Component) -> Result<GuestPre<HostState>, EngineError> {
-        let pre = self
-            .linker
+        let mut linker = self.linker.clone();
+        crate::capabilities::wasi::deny_other_wasi(&mut linker, &self.engine, component)
+            .map_err(|e| EngineError::Link(format!("{e:#}")))?;
+        let pre = linker
             .instantiate_pre(component)
             .map_err(|e| EngineError::Link(format!("{e:#}")))?;
         GuestPre::new(pre).map_err(|e| EngineError::Link(format!("{e:#}")))
@@ -197,7 +193,6 @@ impl Engine {
             .trap_on_grow_failure(true)
             .build();
         let state = HostState {
-            wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits,
             uow,

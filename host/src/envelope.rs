@@ -99,6 +99,52 @@ impl Envelope {
         Ok(envelope)
     }
 
+    /// Decodes a stream entry's fields (SPEC §6): one field `envelope` (the
+    /// JSON form, whose topic must be the stream's), or the flat form
+    /// `subtopic`, `body` (JSON text), optional `id`, every other field a
+    /// header. A missing id becomes `default_id()` (where the entry sits).
+    pub fn from_stream_fields(
+        topic: &str,
+        fields: &[(String, String)],
+        default_id: impl FnOnce() -> String,
+    ) -> Result<Self, EnvelopeError> {
+        if let Some((_, json)) = fields.iter().find(|(k, _)| k == "envelope") {
+            let envelope = Envelope::from_json(json.as_bytes(), default_id)?;
+            if envelope.topic != topic {
+                return Err(EnvelopeError::Field {
+                    field: "topic",
+                    problem: format!("'{}' does not match stream topic '{topic}'", envelope.topic),
+                });
+            }
+            return Ok(envelope);
+        }
+        let mut subtopic = None;
+        let mut body = None;
+        let mut id = None;
+        let mut headers = BTreeMap::new();
+        for (k, v) in fields {
+            match k.as_str() {
+                "subtopic" => subtopic = Some(v.clone()),
+                "body" => body = Some(v.as_str()),
+                "id" => id = Some(v.clone()),
+                _ => {
+                    headers.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        let subtopic = subtopic.ok_or_else(|| EnvelopeError::Field {
+            field: "subtopic",
+            problem: "is missing: the entry has neither an `envelope` field nor a `subtopic` field"
+                .into(),
+        })?;
+        let body = body.ok_or_else(|| EnvelopeError::Field {
+            field: "body",
+            problem: "is missing from the flat entry".into(),
+        })?;
+        let id = id.unwrap_or_else(default_id);
+        Envelope::new(id, topic.to_string(), subtopic, headers, body)
+    }
+
     /// Checks the rules of SPEC §3.
     pub fn validate(&self) -> Result<(), EnvelopeError> {
         check_name("topic", &self.topic)?;
@@ -237,6 +283,39 @@ mod tests {
     }
 
     #[test]
+    fn stream_fields_flat_and_envelope_forms() {
+        let fields = |f: &[(&str, &str)]| -> Vec<(String, String)> {
+            f.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let e = Envelope::from_stream_fields(
+            "orders",
+            &fields(&[
+                ("subtopic", "place"),
+                ("body", "{}"),
+                ("partition-key", "o1"),
+            ]),
+            || "redis:orders:1-0".into(),
+        )
+        .expect("valid");
+        assert_eq!(
+            (e.id.as_str(), e.header(PARTITION_KEY)),
+            ("redis:orders:1-0", Some("o1"))
+        );
+        let err = Envelope::from_stream_fields("orders", &fields(&[("body", "{}")]), String::new)
+            .expect_err("must be refused");
+        assert!(err.to_string().contains("subtopic"), "{err}");
+        let err = Envelope::from_stream_fields(
+            "orders",
+            &fields(&[("envelope", r#"{"topic":"other","subtopic":"s","body":1}"#)]),
+            || "redis:orders:1-0".into(),
+        )
+        .expect_err("must be refused");
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+
+    #[test]
     fn round_trips_through_json() {
         let e = parse(
             r#"{"id":"m1","topic":"t","subtopic":"s","headers":{"k":"v"},"body":[1,{"a":null}]}"#,
@@ -246,5 +325,91 @@ mod tests {
         assert_eq!(again.id, "m1");
         assert_eq!(again.headers, e.headers);
         assert_eq!(again.body_text(), e.body_text());
+    }
+}
+
+/// Round trips of arbitrary valid envelopes through both wire forms.
+#[cfg(test)]
+mod round_trips {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Field names the flat stream form reserves; headers named so only
+    /// travel in the JSON form.
+    const FLAT_RESERVED: [&str; 4] = ["id", "subtopic", "body", "envelope"];
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
+            any::<String>().prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    prop_compose! {
+        fn envelope()(
+            id in "[^\\p{Cc}]{1,60}",
+            topic in "[A-Za-z0-9._-]{1,255}",
+            subtopic in "[A-Za-z0-9._-]{1,40}",
+            headers in prop::collection::btree_map("[A-Za-z0-9._-]{1,40}", any::<String>(), 0..6),
+            body in json_value(),
+        ) -> Envelope {
+            Envelope::new(id, topic, subtopic, headers, &body.to_string()).expect("valid by construction")
+        }
+    }
+
+    fn same(a: &Envelope, b: &Envelope) {
+        assert_eq!(a.id, b.id);
+        assert_eq!(a.topic, b.topic);
+        assert_eq!(a.subtopic, b.subtopic);
+        assert_eq!(a.headers, b.headers);
+        assert_eq!(a.body_text(), b.body_text());
+    }
+
+    proptest! {
+        #[test]
+        fn json_form_round_trips(e in envelope()) {
+            let again = Envelope::from_json(e.to_json().as_bytes(), || unreachable!("id is set"))
+                .expect("what the host writes, it reads");
+            same(&e, &again);
+        }
+
+        #[test]
+        fn flat_form_round_trips(mut e in envelope()) {
+            e.headers.retain(|k, _| !FLAT_RESERVED.contains(&k.as_str()));
+            let mut fields = vec![
+                ("id".to_string(), e.id.clone()),
+                ("subtopic".to_string(), e.subtopic.clone()),
+                ("body".to_string(), e.body_text().to_string()),
+            ];
+            fields.extend(e.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let again = Envelope::from_stream_fields(&e.topic, &fields, || unreachable!("id is set"))
+                .expect("the flat form of a valid envelope decodes");
+            same(&e, &again);
+        }
+
+        #[test]
+        fn envelope_field_form_round_trips(e in envelope()) {
+            let fields = vec![("envelope".to_string(), e.to_json())];
+            let again = Envelope::from_stream_fields(&e.topic, &fields, || unreachable!("id is set"))
+                .expect("the envelope field of a valid envelope decodes");
+            same(&e, &again);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            let _ = Envelope::from_json(text.as_bytes(), String::new);
+        }
     }
 }

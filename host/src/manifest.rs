@@ -31,6 +31,13 @@ pub const DEFAULT_CACHE_DIR: &str = ".switchyard/cache";
 /// A reloaded version that fails each of its first this-many messages is
 /// replaced by the version it replaced (0 = never roll back).
 pub const DEFAULT_ROLLBACK_AFTER: u32 = 5;
+/// Longest an HTTP request may take, body upload and handling (with its
+/// retries) included: a slow or stuck client cannot hold a connection and
+/// its buffers for ever. A message's own `timeout-ms` stops a module long
+/// before this.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Largest total size of an HTTP request's header names and values.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -72,7 +79,14 @@ pub struct HostSettings {
     pub strict: bool,
     /// Name of the environment variable holding the admin bearer token.
     pub admin_token_env: Option<String>,
+    /// Name of the environment variable holding the bearer token that the
+    /// message endpoints require; open to any client when absent.
+    pub message_token_env: Option<String>,
     pub max_body_bytes: usize,
+    /// `request-timeout-ms`: longest time one HTTP request may take.
+    pub request_timeout: std::time::Duration,
+    /// `max-header-bytes`: cap of one request's header names and values.
+    pub max_header_bytes: usize,
     /// Compiled-component cache folder (absolute).
     pub cache_dir: PathBuf,
     /// Default of `modules.*.rollback-after`.
@@ -235,7 +249,10 @@ struct RawHost {
     #[serde(default)]
     strict: bool,
     admin_token_env: Option<String>,
+    message_token_env: Option<String>,
     max_body_bytes: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    max_header_bytes: Option<usize>,
     cache_dir: Option<String>,
     rollback_after: Option<u32>,
     max_connections: Option<u32>,
@@ -287,7 +304,17 @@ impl Manifest {
             ),
             strict: raw.host.strict,
             admin_token_env: raw.host.admin_token_env,
+            message_token_env: raw.host.message_token_env,
             max_body_bytes: raw.host.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            request_timeout: std::time::Duration::from_millis(
+                raw.host
+                    .request_timeout_ms
+                    .unwrap_or(DEFAULT_REQUEST_TIMEOUT_MS),
+            ),
+            max_header_bytes: raw
+                .host
+                .max_header_bytes
+                .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
             cache_dir: dir.join(raw.host.cache_dir.as_deref().unwrap_or(DEFAULT_CACHE_DIR)),
             rollback_after: raw.host.rollback_after.unwrap_or(DEFAULT_ROLLBACK_AFTER),
             max_connections: raw.host.max_connections,
@@ -297,6 +324,32 @@ impl Manifest {
                 "host.max-connections".into(),
                 "must be at least 1".into(),
             ));
+        }
+        if host.request_timeout.is_zero() {
+            return Err(invalid(
+                "host.request-timeout-ms".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if host.max_header_bytes < 1024 {
+            return Err(invalid(
+                "host.max-header-bytes".into(),
+                "must be at least 1024".into(),
+            ));
+        }
+        for (key, var) in [
+            ("host.admin-token-env", &host.admin_token_env),
+            ("host.message-token-env", &host.message_token_env),
+        ] {
+            if var
+                .as_deref()
+                .is_some_and(|v| v.is_empty() || v.contains(['=', '\0']))
+            {
+                return Err(invalid(
+                    key.into(),
+                    "must name an environment variable".into(),
+                ));
+            }
         }
 
         for (name, entry) in &raw.modules {
@@ -424,6 +477,34 @@ mod tests {
         assert_eq!(parse("").unwrap().host.max_connections, None);
         let err = parse("[host]\nmax-connections = 0\n").expect_err("must be refused");
         assert!(err.to_string().contains("host.max-connections"), "{err}");
+    }
+
+    #[test]
+    fn http_guard_keys() {
+        let m = parse(
+            "[host]\nmessage-token-env = \"MSG\"\nrequest-timeout-ms = 1500\nmax-header-bytes = 4096\n",
+        )
+        .expect("valid");
+        assert_eq!(m.host.message_token_env.as_deref(), Some("MSG"));
+        assert_eq!(
+            m.host.request_timeout,
+            std::time::Duration::from_millis(1500)
+        );
+        assert_eq!(m.host.max_header_bytes, 4096);
+        let m = parse("").expect("valid");
+        assert_eq!(m.host.message_token_env, None);
+        assert_eq!(
+            m.host.request_timeout,
+            std::time::Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS)
+        );
+        for (text, key) in [
+            ("request-timeout-ms = 0", "host.request-timeout-ms"),
+            ("max-header-bytes = 10", "host.max-header-bytes"),
+            ("message-token-env = \"\"", "host.message-token-env"),
+        ] {
+            let err = parse(&format!("[host]\n{text}\n")).expect_err("must be refused");
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 
     #[test]

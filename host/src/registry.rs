@@ -30,6 +30,8 @@ pub struct Grants {
     pub reads: Vec<String>,
     /// The `config` table: strings as they are, other values as JSON.
     pub config: BTreeMap<String, String>,
+    /// The module's log rate (log import, stdout and stderr together).
+    pub log_limiter: Arc<crate::capabilities::log::LogLimiter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -659,6 +661,7 @@ impl Registry {
             emits,
             reads: entry.map(|e| e.reads.clone()).unwrap_or_default(),
             config,
+            log_limiter: Default::default(),
         });
         tracing::info!(module = %name, version = %descriptor.version, %sha256, code = how, ?topics, ?subscribes, "module loaded");
         Ok(LoadedModule {

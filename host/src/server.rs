@@ -167,7 +167,19 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         admin_token,
         brokers,
     });
-    let app = http::router(state, manifest.host.max_body_bytes);
+    let messages = http::MessageAccess::from_env(manifest.host.message_token_env.as_deref());
+    if let http::MessageAccess::Unset(var) = &messages {
+        tracing::warn!(
+            variable = %var,
+            "message-token-env names an unset variable: the message endpoints refuse every request"
+        );
+    }
+    let guard = http::Guard {
+        messages,
+        request_timeout: manifest.host.request_timeout,
+        max_header_bytes: manifest.host.max_header_bytes,
+    };
+    let app = http::guarded(http::router(state, manifest.host.max_body_bytes), guard);
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();

@@ -5,7 +5,8 @@
 mod clock;
 mod config;
 mod events;
-mod log;
+pub mod log;
 mod repository;
+pub mod wasi;
 
 impl crate::engine::bindings::switchyard::module::types::Host for crate::engine::HostState {}

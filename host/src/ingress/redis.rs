@@ -634,36 +634,8 @@ pub fn derived_id(key: &str, entry_id: &str) -> String {
 /// Both entry forms of SPEC §6: one field `envelope` (JSON), or the flat form
 /// `subtopic`, `body`, optional `id`, every other field a header.
 fn parse_entry(e: &Entry) -> Result<Envelope, String> {
-    if let Some((_, json)) = e.fields.iter().find(|(k, _)| k == "envelope") {
-        let envelope = Envelope::from_json(json.as_bytes(), || derived_id(&e.key, &e.id))
-            .map_err(|err| err.to_string())?;
-        if envelope.topic != e.topic {
-            return Err(format!(
-                "envelope topic '{}' does not match stream topic '{}'",
-                envelope.topic, e.topic
-            ));
-        }
-        return Ok(envelope);
-    }
-    let mut subtopic = None;
-    let mut body = None;
-    let mut id = None;
-    let mut headers = BTreeMap::new();
-    for (k, v) in &e.fields {
-        match k.as_str() {
-            "subtopic" => subtopic = Some(v.clone()),
-            "body" => body = Some(v.as_str()),
-            "id" => id = Some(v.clone()),
-            _ => {
-                headers.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    let subtopic =
-        subtopic.ok_or("entry has neither an `envelope` field nor a `subtopic` field")?;
-    let body = body.ok_or("flat entry has no `body` field")?;
-    let id = id.unwrap_or_else(|| derived_id(&e.key, &e.id));
-    Envelope::new(id, e.topic.clone(), subtopic, headers, body).map_err(|err| err.to_string())
+    Envelope::from_stream_fields(&e.topic, &e.fields, || derived_id(&e.key, &e.id))
+        .map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
