@@ -31,7 +31,7 @@ use wasmtime_wasi::p2::bindings::cli::{
 };
 use wasmtime_wasi::p2::bindings::random::{insecure, insecure_seed, random};
 use wasmtime_wasi::p2::{
-    DynInputStream, DynOutputStream, OutputStream, Pollable, StreamError, StreamResult,
+    DynInputStream, DynOutputStream, DynPollable, OutputStream, Pollable, StreamError, StreamResult,
 };
 
 use crate::capabilities::log::LogLimiter;
@@ -147,7 +147,17 @@ fn deny_item(
             })?;
         }
         ComponentItem::Resource(_) => {
-            stubs.resource(name, ResourceType::host::<Denied>(), |_, _| Ok(()))?;
+            // A denied interface may `use` the resources of `wasi:io`, which
+            // are linked for real: those must be the same types as there.
+            // Its own resources (descriptors, sockets) can never be made.
+            let ty = match name {
+                "pollable" => ResourceType::host::<DynPollable>(),
+                "input-stream" => ResourceType::host::<DynInputStream>(),
+                "output-stream" => ResourceType::host::<DynOutputStream>(),
+                "error" => ResourceType::host::<wasmtime::Error>(),
+                _ => ResourceType::host::<Denied>(),
+            };
+            stubs.resource(name, ty, |_, _| Ok(()))?;
         }
         _ => {}
     }
