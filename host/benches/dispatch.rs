@@ -181,7 +181,8 @@ async fn print_breakdown(engine: &Engine, module: &LoadedModule) {
         v.sort();
         v[ROUNDS / 2]
     };
-    let parts: [(&str, fn(&Phases) -> Duration); 4] = [
+    type Part = (&'static str, fn(&Phases) -> Duration);
+    let parts: [Part; 4] = [
         ("new store (host state, limits)", |p| p.store),
         ("instantiate (pool slot, memory, start)", |p| p.instantiate),
         ("handle call (args in, guest, result out)", |p| p.handle),

@@ -52,10 +52,13 @@ struct Inner {
 /// Work for the writer thread.
 enum Job {
     /// One unit of work, committed with whatever else is queued.
-    Commit(Box<OwnedCommit>, oneshot::Sender<Result<(), StoreError>>),
+    Commit(Box<OwnedCommit>, Reply),
     /// Any other write, alone in its own transaction.
     Run(Box<dyn FnOnce(&mut Connection) + Send>),
 }
+
+/// Where the writer thread tells a unit of work how its commit ended.
+type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 /// [`Commit`] with its data owned, to cross to the writer thread.
 struct OwnedCommit {
@@ -616,10 +619,7 @@ fn write_loop(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
 
 /// Commits a group of units of work in one transaction, each all-or-nothing,
 /// and tells each waiter how its own unit ended.
-fn commit_group(
-    conn: &mut Connection,
-    group: Vec<(Box<OwnedCommit>, oneshot::Sender<Result<(), StoreError>>)>,
-) {
+fn commit_group(conn: &mut Connection, group: Vec<(Box<OwnedCommit>, Reply)>) {
     let now = now_rfc3339();
     let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(group.len());
     let committed = (|| {
