@@ -286,6 +286,8 @@ impl Dispatcher {
         // The epoch deadline stops guest code; this also bounds time spent
         // inside host calls.
         let result = tokio::time::timeout(timeout + EPOCH_TICK * 3, call).await;
+        let peak = u64::try_from(store.data().peak_memory()).unwrap_or(u64::MAX);
+        (module.stats.peak_memory).fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
         let uow = &store.data().uow;
         if let Some(e) = &uow.store_error {
             return Attempt::Failed(FailureKind::Unavailable, format!("store: {e}"));

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder,
+    Config, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, StoreLimits,
+    StoreLimitsBuilder,
 };
 
 use crate::registry::Grants;
@@ -40,8 +41,66 @@ const POOL_MAX_MEMORY: usize = 4 << 30;
 pub struct HostState {
     /// WASI streams the guest opened (stdin, stdout, stderr).
     pub(crate) table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limits,
     pub uow: UnitOfWork,
+}
+
+impl HostState {
+    /// The largest linear memory this store's instance reached, in bytes.
+    pub fn peak_memory(&self) -> usize {
+        self.limits.peak
+    }
+}
+
+/// wasmtime's store limits, plus the peak linear memory they let through
+/// (for `switchyard_guest_memory_peak_bytes`).
+struct Limits {
+    inner: StoreLimits,
+    peak: usize,
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak = self.peak.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,7 +253,10 @@ impl Engine {
             .build();
         let state = HostState {
             table: ResourceTable::new(),
-            limits,
+            limits: Limits {
+                inner: limits,
+                peak: 0,
+            },
             uow,
         };
         let mut store = wasmtime::Store::new(&self.engine, state);

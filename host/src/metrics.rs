@@ -23,6 +23,9 @@ pub const MESSAGES_HANDLED: &str = "switchyard_messages_handled_total";
 pub const HANDLING_SECONDS: &str = "switchyard_handling_duration_seconds";
 /// Time to instantiate a module for one attempt, by `module`.
 pub const INSTANTIATION_SECONDS: &str = "switchyard_instantiation_duration_seconds";
+/// The largest linear memory an instance of `module` reached, in bytes
+/// (since the host started; `max-memory-mb` is the cap).
+pub const GUEST_MEMORY_PEAK: &str = "switchyard_guest_memory_peak_bytes";
 /// Dead letters written, by `module` and `topic`.
 pub const DEAD_LETTERS: &str = "switchyard_dead_letters_total";
 /// Versions of a module that replaced another one while serving, by `module`.
@@ -34,8 +37,8 @@ pub const OUTBOX_BACKLOG: &str = "switchyard_outbox_backlog";
 /// Age of the oldest of those entries, in seconds (0 when there is none).
 pub const OUTBOX_OLDEST_AGE: &str = "switchyard_outbox_oldest_unpublished_age_seconds";
 /// Entries of a stream that a consumer group has not read yet, by `stream`
-/// and `group` (Redis: XINFO GROUPS `lag`; embedded log: entries after the
-/// module's cursor).
+/// and `group` (Redis: XINFO GROUPS `lag`; Kafka: high watermarks minus the
+/// group's committed offsets; embedded log: entries after the module's cursor).
 pub const CONSUMER_LAG: &str = "switchyard_consumer_lag";
 /// Modules serving now.
 pub const MODULES_LOADED: &str = "switchyard_modules_loaded";
@@ -168,6 +171,11 @@ impl Metrics {
             Some(Unit::Seconds),
             text("Time to instantiate a module for one attempt."),
         );
+        r.describe_gauge(
+            GUEST_MEMORY_PEAK.into(),
+            Some(Unit::Bytes),
+            text("Largest linear memory an instance of the module reached."),
+        );
         r.describe_counter(
             DEAD_LETTERS.into(),
             None,
@@ -237,6 +245,15 @@ impl Metrics {
     pub fn instantiated(&self, module: &str, took: Duration) {
         self.histogram(INSTANTIATION_SECONDS, module)
             .record(took.as_secs_f64());
+    }
+
+    /// The largest linear memory an instance of `module` reached.
+    pub fn set_guest_memory(&self, module: &str, peak: u64) {
+        self.gauge(
+            GUEST_MEMORY_PEAK,
+            vec![Label::new("module", module.to_string())],
+        )
+        .set(peak as f64);
     }
 
     /// A new version of `module` replaced the serving one.
@@ -313,6 +330,13 @@ pub async fn scrape(dispatcher: &Dispatcher, brokers: &[Broker]) -> String {
     let metrics = &dispatcher.registry.metrics;
     let routes = dispatcher.registry.routes();
     metrics.set_modules(routes.modules.len(), routes.problems.len());
+    for module in routes.modules.values() {
+        let peak = module
+            .stats
+            .peak_memory
+            .load(std::sync::atomic::Ordering::Relaxed);
+        metrics.set_guest_memory(&module.name, peak);
+    }
     let store = &dispatcher.store;
     if brokers.is_empty() {
         // The embedded log: the outbox is the log itself (nothing is ever
@@ -337,17 +361,24 @@ pub async fn scrape(dispatcher: &Dispatcher, brokers: &[Broker]) -> String {
         Err(e) => tracing::warn!(error = %e, "metrics: cannot read the outbox backlog"),
     }
     for broker in brokers {
-        #[allow(irrefutable_let_patterns)] // not with the `kafka` feature
-        let Broker::Redis(bus) = broker else {
-            continue;
-        };
         for module in routes.modules.values() {
             for topic in module.consumed_topics() {
-                match bus.group_lag(&module.name, &topic).await {
+                let lag = match broker {
+                    Broker::Redis(bus) => bus
+                        .group_lag(&module.name, &topic)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    #[cfg(feature = "kafka")]
+                    Broker::Kafka(bus) => bus
+                        .group_lag(&module.name, &topic)
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                match lag {
                     Ok(Some((stream, group, lag))) => metrics.set_lag(&stream, &group, lag),
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!(%topic, error = %e, "metrics: cannot read the consumer lag");
+                        tracing::warn!(broker = broker.name(), %topic, error = %e, "metrics: cannot read the consumer lag");
                     }
                 }
             }

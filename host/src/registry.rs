@@ -46,6 +46,8 @@ pub enum Source {
 pub struct ModuleStats {
     pub handled: AtomicU64,
     pub failed: AtomicU64,
+    /// The largest linear memory one of its instances reached, in bytes.
+    pub peak_memory: AtomicU64,
 }
 
 /// Per-message limits and retry policy.

@@ -290,3 +290,44 @@ async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
         .sum();
     assert_eq!(sum, total as u64, "every message applied exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_consumer_lag_is_read_from_the_groups_committed_offsets() {
+    use crate::operations::{handled, lag_of, scrape};
+
+    let broker = Broker::start();
+    let project = Project::new(
+        &["slow"],
+        &format!(
+            "{}[modules.slow]\nfile = \"slow.wasm\"\ntimeout-ms = 10000\n",
+            broker.section()
+        ),
+    );
+    let host = project.start().await;
+    let producer = broker.producer();
+    // Four messages of 0.6 s on one key (one partition, handled in order):
+    // the group falls behind, then catches up.
+    for _ in 0..4 {
+        let value = envelope("slow", "spin", json!({"ms": 600}));
+        broker.produce(&producer, "slow", "one-key", &value).await;
+    }
+    let behind = eventually("the group behind", Duration::from_secs(30), || async {
+        let (_, samples) = scrape(&host).await;
+        lag_of(&samples, "slow").filter(|lag| *lag >= 1.0)
+    })
+    .await;
+    assert!(behind <= 4.0, "{behind}");
+    let samples = eventually("the group caught up", Duration::from_secs(60), || async {
+        let (_, samples) = scrape(&host).await;
+        (lag_of(&samples, "slow") == Some(0.0)
+            && handled(&samples, "slow", "slow", "processed") == 4.0)
+            .then_some(samples)
+    })
+    .await;
+    let group = samples
+        .keys()
+        .find(|(name, labels)| name == "switchyard_consumer_lag" && labels["stream"] == "slow")
+        .map(|(_, labels)| labels["group"].clone());
+    assert_eq!(group.as_deref(), Some("test.slow"));
+    host.stop().await;
+}

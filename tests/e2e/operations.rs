@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 use crate::support::{EXAMPLES, FAULTY, Project, TestHost, eventually, query_count, wasm};
 
 /// Series of a Prometheus text exposition: (name, labels) -> value.
-type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
+pub(crate) type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
 
 /// Parses the text format as Prometheus does for the lines the host writes:
 /// `name{label="value",...} number`, comments skipped.
-fn parse_exposition(text: &str) -> Samples {
+pub(crate) fn parse_exposition(text: &str) -> Samples {
     let mut samples = Samples::new();
     for line in text.lines() {
         let line = line.trim();
@@ -52,7 +52,7 @@ fn parse_exposition(text: &str) -> Samples {
     samples
 }
 
-fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let labels: BTreeMap<String, String> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -60,7 +60,7 @@ fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> Option<f64>
     samples.get(&(name.to_string(), labels)).copied()
 }
 
-async fn scrape(host: &TestHost) -> (String, Samples) {
+pub(crate) async fn scrape(host: &TestHost) -> (String, Samples) {
     let response = host
         .client
         .get(format!("{}/metrics", host.base))
@@ -81,7 +81,7 @@ async fn scrape(host: &TestHost) -> (String, Samples) {
     (text, samples)
 }
 
-fn handled(samples: &Samples, module: &str, topic: &str, outcome: &str) -> f64 {
+pub(crate) fn handled(samples: &Samples, module: &str, topic: &str, outcome: &str) -> f64 {
     sample(
         samples,
         "switchyard_messages_handled_total",
@@ -219,6 +219,20 @@ async fn metrics_after_the_saga_count_each_outcome_and_time_each_message() {
         ),
         Some(7.0)
     );
+    // Each module's largest linear memory: at least the initial memory of
+    // a Rust guest (over 1 MiB: its shadow stack), within max-memory-mb.
+    for module in ["inventory", "orders"] {
+        let peak = sample(
+            &samples,
+            "switchyard_guest_memory_peak_bytes",
+            &[("module", module)],
+        )
+        .unwrap_or_else(|| panic!("{module}: no peak memory in {text}"));
+        assert!(
+            peak > f64::from(1u32 << 20) && peak <= f64::from(64u32 << 20),
+            "{module}: {peak}"
+        );
+    }
     assert_eq!(
         sample(&samples, "switchyard_modules_loaded", &[]),
         Some(2.0)
@@ -764,7 +778,7 @@ async fn log_format_json_writes_one_object_per_line_with_the_message_span() {
 }
 
 /// `switchyard_consumer_lag` of the one group on `stream`, if scraped.
-fn lag_of(samples: &Samples, stream: &str) -> Option<f64> {
+pub(crate) fn lag_of(samples: &Samples, stream: &str) -> Option<f64> {
     samples
         .iter()
         .find(|((name, labels), _)| {

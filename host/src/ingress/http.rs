@@ -268,6 +268,7 @@ fn module_json(
         "loaded_at": m.loaded_at,
         "handled": m.stats.handled.load(std::sync::atomic::Ordering::Relaxed),
         "failed": m.stats.failed.load(std::sync::atomic::Ordering::Relaxed),
+        "peak_memory_bytes": m.stats.peak_memory.load(std::sync::atomic::Ordering::Relaxed),
         "last_error": last_error,
         "rolled_back_from": rolled_back_from,
     })

@@ -12,11 +12,12 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,6 +43,9 @@ pub struct KafkaBus {
     admin: AdminClient<DefaultClientContext>,
     /// Topics known to exist, so each is created once per process.
     created: std::sync::Mutex<HashSet<String>>,
+    /// One client per consumer group for reading its committed offsets (for
+    /// the lag metric). It never subscribes, so it never joins the group.
+    offset_readers: std::sync::Mutex<HashMap<String, Arc<BaseConsumer>>>,
 }
 
 impl KafkaBus {
@@ -62,6 +66,7 @@ impl KafkaBus {
             producer,
             admin,
             created: Default::default(),
+            offset_readers: Default::default(),
         }))
     }
 
@@ -137,6 +142,69 @@ impl KafkaBus {
         })
         .await
         .unwrap_or(false)
+    }
+
+    /// How far `<group>.<module>` is behind on `topic`: over the topic's
+    /// partitions, the high watermark minus the group's committed offset (from
+    /// the low watermark where nothing is committed). `None` while the topic
+    /// does not exist.
+    pub async fn group_lag(
+        &self,
+        module: &str,
+        topic: &str,
+    ) -> Result<Option<(String, String, u64)>, KafkaError> {
+        let group = format!("{}.{module}", self.settings.group);
+        let reader = {
+            let mut readers = self
+                .offset_readers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match readers.get(&group) {
+                Some(reader) => reader.clone(),
+                None => {
+                    let reader: Arc<BaseConsumer> = Arc::new(
+                        base_config(&self.settings)
+                            .set("group.id", &group)
+                            .set("enable.auto.commit", "false")
+                            .create()?,
+                    );
+                    readers.insert(group.clone(), reader.clone());
+                    reader
+                }
+            }
+        };
+        let topic = self.topic(topic);
+        let blocking = tokio::task::spawn_blocking(move || {
+            let metadata = reader.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic && t.error().is_none())
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            if partitions.is_empty() {
+                return Ok(None);
+            }
+            let mut wanted = TopicPartitionList::new();
+            for p in &partitions {
+                wanted.add_partition(&topic, *p);
+            }
+            let committed = reader.committed_offsets(wanted, METADATA_TIMEOUT)?;
+            let mut lag = 0u64;
+            for p in partitions {
+                let (low, high) = reader.fetch_watermarks(&topic, p, METADATA_TIMEOUT)?;
+                let from = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(n)) => n,
+                    _ => low,
+                };
+                lag += u64::try_from(high - from).unwrap_or(0);
+            }
+            Ok(Some((topic, group, lag)))
+        });
+        blocking.await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "kafka lag reader stopped");
+            Ok(None)
+        })
     }
 
     /// Writes a dead letter to `T.dlq`: the original value, why in headers.
