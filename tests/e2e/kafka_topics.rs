@@ -266,10 +266,24 @@ async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
     first.wait().unwrap();
     assert!(applied().await < total as i64, "killed mid-way");
 
-    eventually("all applied", Duration::from_secs(120), || async {
-        (applied().await == total as i64).then_some(())
+    // The survivor takes the dead member's partitions after the broker
+    // expires it (session.timeout.ms 6 s here) and the group rebalances.
+    let caught_up = tokio::time::timeout(Duration::from_secs(240), async {
+        while applied().await != total as i64 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     })
     .await;
+    if caught_up.is_err() {
+        let log =
+            std::fs::read_to_string(project.dir.path().join("second.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        panic!(
+            "{} of {total} applied after 240 s; the survivor's log ends with:\n{}",
+            applied().await,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     second.kill().unwrap();
     second.wait().unwrap();

@@ -796,13 +796,14 @@ async fn redis_consumer_lag_and_outbox_backlog_are_read_on_scrape() {
     let project = Project::new(
         &["slow"],
         &format!(
-            "{}batch = 1\n\n[modules.slow]\nfile = \"slow.wasm\"\ntimeout-ms = 10000\n",
+            "{}batch = 1\nconcurrency = 1\n\n[modules.slow]\nfile = \"slow.wasm\"\ntimeout-ms = 10000\n",
             streams.section(30_000)
         ),
     );
     let host = project.start().await;
-    // Four entries that take 0.6 s each, read one at a time: the group
-    // falls behind, then catches up.
+    // Four entries that take 0.6 s each, read one at a time and only when
+    // the one before is done (concurrency 1): the group falls behind, then
+    // catches up.
     let stream = format!("{}slow", streams.prefix);
     let mut conn = streams.conn.clone();
     for _ in 0..4 {

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -338,11 +340,43 @@ async fn consume(
     }
 }
 
+/// Says in the log which partitions a module's consumer gains and loses.
+struct GroupLog {
+    module: String,
+}
+
+impl ClientContext for GroupLog {}
+
+impl ConsumerContext for GroupLog {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let listed = |list: &TopicPartitionList| {
+            list.elements()
+                .iter()
+                .map(|e| format!("{}[{}]", e.topic(), e.partition()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match rebalance {
+            Rebalance::Assign(list) => {
+                tracing::info!(module = %self.module, partitions = %listed(list), "kafka: partitions assigned");
+            }
+            Rebalance::Revoke(list) => {
+                tracing::info!(module = %self.module, partitions = %listed(list), "kafka: partitions revoked");
+            }
+            Rebalance::Error(e) => {
+                tracing::warn!(module = %self.module, error = %e, "kafka: rebalance failed");
+            }
+        }
+    }
+}
+
+type GroupConsumer = StreamConsumer<GroupLog>;
+
 async fn subscribe(
     bus: &KafkaBus,
     module: &str,
     topics: &[String],
-) -> Result<StreamConsumer, KafkaError> {
+) -> Result<GroupConsumer, KafkaError> {
     bus.ensure_topics(topics).await?;
     let mut config = base_config(&bus.settings);
     config
@@ -355,7 +389,9 @@ async fn subscribe(
     for (k, v) in &bus.settings.consumer {
         config.set(k, v);
     }
-    let consumer: StreamConsumer = config.create()?;
+    let consumer: GroupConsumer = config.create_with_context(GroupLog {
+        module: module.to_string(),
+    })?;
     let names: Vec<String> = topics.iter().map(|t| bus.topic(t)).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     consumer.subscribe(&refs)?;
@@ -366,7 +402,7 @@ async fn subscribe(
 struct PartitionWorker {
     bus: Arc<KafkaBus>,
     dispatcher: Arc<Dispatcher>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<GroupConsumer>,
     module: String,
 }
 

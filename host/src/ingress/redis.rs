@@ -12,7 +12,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,6 +27,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// First pause after Redis failed; doubled up to `MAX_RECONNECT`.
 const RECONNECT: Duration = Duration::from_millis(200);
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
+/// Most entries one XACK acknowledges.
+const ACK_BATCH: usize = 1_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -219,6 +221,11 @@ impl Consumer {
     async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
         let this = Arc::new(self);
         tracker.spawn(this.clone().heartbeat(shutdown.clone()));
+        // Done entries go to one acker, which acks what has piled up with
+        // one XACK per stream.
+        let (acks, acked) = mpsc::unbounded_channel();
+        tracker.spawn(this.clone().acker(acked));
+        let mut tails: HashMap<String, oneshot::Receiver<bool>> = HashMap::new();
         let mut delay = RECONNECT;
         let mut conn: Option<MultiplexedConnection> = None;
         let mut ready_keys: HashSet<String> = HashSet::new();
@@ -238,6 +245,28 @@ impl Consumer {
                     _ = tokio::time::sleep(super::SUPERVISE_EVERY) => continue,
                 }
             };
+            // Read only what there is room for: one permit per entry in
+            // flight, so `concurrency` bounds the entries read and not done,
+            // and reading goes on while earlier entries are handled.
+            let mut room = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                permit = this.limit.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let more = this
+                .limit
+                .available_permits()
+                .min(this.bus.settings.batch.saturating_sub(1));
+            if let Ok(extra) = this
+                .limit
+                .clone()
+                .try_acquire_many_owned(u32::try_from(more).unwrap_or(0))
+            {
+                room.merge(extra);
+            }
+            let count = room.num_permits();
             let topics = module.consumed_topics();
             let round = async {
                 let c = match conn.as_mut() {
@@ -254,12 +283,12 @@ impl Consumer {
                 let claim_every = Duration::from_millis(this.bus.settings.claim_idle_ms / 2);
                 let entries = if last_claim.elapsed() >= claim_every {
                     last_claim = tokio::time::Instant::now();
-                    this.reclaim(c, &topics).await?
+                    this.reclaim(c, &topics, count).await?
                 } else {
                     Vec::new()
                 };
                 let entries = if entries.is_empty() {
-                    this.read(c, &topics).await?
+                    this.read(c, &topics, count).await?
                 } else {
                     entries
                 };
@@ -272,12 +301,11 @@ impl Consumer {
             match entries {
                 Ok(entries) => {
                     delay = RECONNECT;
-                    if !entries.is_empty() {
-                        this.handle_batch(&module, entries).await;
-                    }
+                    this.start_entries(&module, entries, room, &mut tails, &acks, &tracker);
                 }
                 Err(e) => {
                     tracing::warn!(module = %this.module, error = %e, retry_in = ?delay, "redis consumer: cannot read; reconnecting");
+                    drop(room);
                     conn = None;
                     ready_keys.clear();
                     tokio::select! {
@@ -329,6 +357,7 @@ impl Consumer {
         &self,
         conn: &mut MultiplexedConnection,
         topics: &[String],
+        count: usize,
     ) -> Result<Vec<Entry>, BusError> {
         let settings = &self.bus.settings;
         let mut cmd = redis::cmd("XREADGROUP");
@@ -336,7 +365,7 @@ impl Consumer {
             .arg(&self.group)
             .arg(&self.bus.consumer)
             .arg("COUNT")
-            .arg(settings.batch)
+            .arg(count)
             .arg("BLOCK")
             .arg(settings.block_ms)
             .arg("STREAMS");
@@ -365,9 +394,13 @@ impl Consumer {
         &self,
         conn: &mut MultiplexedConnection,
         topics: &[String],
+        count: usize,
     ) -> Result<Vec<Entry>, BusError> {
         let mut entries = Vec::new();
         for topic in topics {
+            if entries.len() >= count {
+                break;
+            }
             let key = self.bus.key(topic);
             let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
                 .arg(&key)
@@ -376,7 +409,7 @@ impl Consumer {
                 .arg(self.bus.settings.claim_idle_ms)
                 .arg("0-0")
                 .arg("COUNT")
-                .arg(self.bus.settings.batch)
+                .arg(count - entries.len())
                 .query_async(conn)
                 .await?;
             if reply.claimed.is_empty() {
@@ -417,9 +450,21 @@ impl Consumer {
         topics.iter().find(|t| self.bus.key(t) == key).cloned()
     }
 
-    /// Handles a batch: entries sharing a partition key one after another in
-    /// stream order, the rest concurrently (bounded); returns when all are done.
-    async fn handle_batch(self: &Arc<Self>, module: &Arc<LoadedModule>, entries: Vec<Entry>) {
+    /// Starts handling entries just read, each holding one permit of
+    /// `room`: entries sharing a partition key one after another in stream
+    /// order (each waits for the one before it, across reads), the rest
+    /// concurrently. A done entry is handed to the acker.
+    fn start_entries(
+        self: &Arc<Self>,
+        module: &Arc<LoadedModule>,
+        entries: Vec<Entry>,
+        mut room: OwnedSemaphorePermit,
+        tails: &mut HashMap<String, oneshot::Receiver<bool>>,
+        acks: &mpsc::UnboundedSender<(String, String)>,
+        tracker: &TaskTracker,
+    ) {
+        // A key whose last entry is over has no one to wait for.
+        tails.retain(|_, last| matches!(last.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
         {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             for e in &entries {
@@ -429,64 +474,67 @@ impl Consumer {
                     .insert(e.id.clone());
             }
         }
-        let mut chains: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
-        let mut singles: Vec<Vec<Entry>> = Vec::new();
-        for e in entries {
-            match e
-                .fields
-                .iter()
-                .find(|(k, _)| k == PARTITION_KEY)
-                .map(|(_, v)| v.clone())
-                .or_else(|| {
-                    // The envelope form carries the key inside the JSON.
-                    e.fields
-                        .iter()
-                        .find(|(k, _)| k == "envelope")
-                        .and_then(|(_, v)| serde_json::from_str::<serde_json::Value>(v).ok())
-                        .and_then(|v| v["headers"][PARTITION_KEY].as_str().map(str::to_string))
-                }) {
-                Some(key) => chains.entry(key).or_default().push(e),
-                None => singles.push(vec![e]),
-            }
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        for chain in chains.into_values().chain(singles) {
-            let (this, module) = (self.clone(), module.clone());
-            let Ok(permit) = self.limit.clone().acquire_owned().await else {
-                return;
-            };
-            tasks.spawn(async move {
-                let _permit = permit;
-                let mut done = Vec::with_capacity(chain.len());
-                for e in chain {
-                    let (key, id) = (e.key.clone(), e.id.clone());
-                    if !this.handle_entry(&module, e).await {
-                        // Left pending: later entries of this key wait too,
-                        // so the key's order holds when it is reclaimed.
-                        break;
-                    }
-                    done.push((key, id));
+        // No more entries were read than `room` holds permits: one each,
+        // the last entry takes what is left.
+        let mut permits: Vec<OwnedSemaphorePermit> =
+            (1..entries.len()).filter_map(|_| room.split(1)).collect();
+        permits.push(room);
+        for (e, permit) in entries.into_iter().zip(permits) {
+            let (before, after) = match partition_key(&e) {
+                Some(key) => {
+                    let (tx, rx) = oneshot::channel();
+                    (tails.insert(key, rx), Some(tx))
                 }
-                done
+                None => (None, None),
+            };
+            let (this, module, acks) = (self.clone(), module.clone(), acks.clone());
+            tracker.spawn(async move {
+                let _permit = permit;
+                let (key, id) = (e.key.clone(), e.id.clone());
+                // Left pending before: this one waits too, so the key's
+                // order holds when they are reclaimed.
+                let ready = match before {
+                    Some(before) => before.await.unwrap_or(false),
+                    None => true,
+                };
+                let done = ready && this.handle_entry(&module, e).await;
+                this.in_flight
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(key.clone())
+                    .or_default()
+                    .remove(&id);
+                if done {
+                    let _ = acks.send((key, id));
+                }
+                if let Some(after) = after {
+                    let _ = after.send(done);
+                }
             });
         }
-        // Entries are acknowledged together once the batch is done: one XACK
-        // per stream instead of a round trip per entry. Their units of work
-        // are committed already; an ack lost here only means a redelivery
-        // that the inbox answers.
-        let mut done: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        while let Some(finished) = tasks.join_next().await {
-            for (key, id) in finished.unwrap_or_default() {
-                done.entry(key).or_default().push(id);
+    }
+
+    /// Acknowledges done entries: what piled up while the last XACK ran goes
+    /// in one XACK per stream. Their units of work are committed already; an
+    /// ack lost here only means a redelivery that the inbox answers.
+    async fn acker(self: Arc<Self>, mut done: mpsc::UnboundedReceiver<(String, String)>) {
+        while let Some((key, id)) = done.recv().await {
+            let mut batch: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            batch.entry(key).or_default().push(id);
+            let mut taken = 1;
+            while taken < ACK_BATCH {
+                let Ok((key, id)) = done.try_recv() else {
+                    break;
+                };
+                batch.entry(key).or_default().push(id);
+                taken += 1;
+            }
+            for (key, ids) in batch {
+                if let Err(err) = self.bus.ack(&key, &self.group, &ids).await {
+                    tracing::warn!(module = %self.module, stream = %key, entries = ids.len(), error = %err, "XACK failed; the entries will be redelivered");
+                }
             }
         }
-        for (key, ids) in done {
-            if let Err(err) = self.bus.ack(&key, &self.group, &ids).await {
-                tracing::warn!(module = %self.module, stream = %key, entries = ids.len(), error = %err, "XACK failed; the entries will be redelivered");
-            }
-        }
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        in_flight.clear();
     }
 
     /// Handles one entry; true when it is done (committed, or its failure
@@ -623,6 +671,17 @@ fn entry(key: &str, topic: &str, id: StreamId, deliveries: u32) -> Entry {
         deliveries,
         fields,
     }
+}
+
+/// The entry's partition key: a `partition-key` field of the flat form, or
+/// the header inside the `envelope` field's JSON.
+fn partition_key(e: &Entry) -> Option<String> {
+    if let Some((_, key)) = e.fields.iter().find(|(k, _)| k == PARTITION_KEY) {
+        return Some(key.clone());
+    }
+    let (_, json) = e.fields.iter().find(|(k, _)| k == "envelope")?;
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    value["headers"][PARTITION_KEY].as_str().map(str::to_string)
 }
 
 /// The id of an entry that carries none: where it sits, so a redelivery is
