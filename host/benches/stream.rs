@@ -110,11 +110,16 @@ async fn run() -> anyhow::Result<()> {
 
     // 3. The host: Redis -> module -> SQLite -> ack.
     let prefix = format!("bench{tag}:");
+    let concurrency: usize = std::env::var("STREAM_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(switchyard::manifest::DEFAULT_REDIS_CONCURRENCY);
+    println!("  (host: [redis] concurrency = {concurrency})");
     let project = tempfile::tempdir()?;
     std::fs::create_dir_all(project.path().join("plugins"))?;
     std::fs::copy(&wasm, project.path().join("plugins/inventory.wasm"))?;
     let manifest_text = format!(
-        "[host]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{url}\"\ngroup = \"g{tag}\"\nprefix = \"{prefix}\"\nblock-ms = 100\n\
+        "[host]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{url}\"\ngroup = \"g{tag}\"\nprefix = \"{prefix}\"\nblock-ms = 100\nconcurrency = {concurrency}\n\
          [modules.inventory]\nfile = \"inventory.wasm\"\ntopics = [\"inventory\"]\nsubscribes = []\nemits = [\"inventory.events\"]\n"
     );
     std::fs::write(project.path().join("plugins.toml"), &manifest_text)?;
@@ -127,9 +132,18 @@ async fn run() -> anyhow::Result<()> {
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     )
     .await?;
+    // Every entry acked (an entry is acked only after its commit), read
+    // from Redis: counting the inbox rows would take CPU from the host.
+    wait_acked(
+        &mut conn,
+        &format!("{prefix}inventory"),
+        &format!("g{tag}.inventory"),
+        n,
+    )
+    .await?;
+    let host_time = start.elapsed();
     let pool = sqlx::SqlitePool::connect(&db).await?;
     wait_applied(&pool, n).await?;
-    let host_time = start.elapsed();
     report(
         "host: XREADGROUP -> module -> SQLite commit -> XACK",
         n,
@@ -377,6 +391,35 @@ async fn bare_sqlx_batched(file: &std::path::Path, n: usize) -> anyhow::Result<D
     let took = start.elapsed();
     pool.close().await;
     Ok(took)
+}
+
+/// Waits until `group` has read `n` entries of `key` and none is pending.
+async fn wait_acked(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    group: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(key)
+            .query_async(conn)
+            .await?;
+        let state = groups
+            .groups
+            .iter()
+            .find(|g| g.name == group)
+            .map(|g| (g.entries_read.unwrap_or(0), g.pending));
+        if let Some((read, 0)) = state
+            && read >= n
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not all acked: {state:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn wait_applied(pool: &sqlx::SqlitePool, n: usize) -> anyhow::Result<()> {

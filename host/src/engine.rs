@@ -140,6 +140,11 @@ impl Engine {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            // The world has no component-model-async functions: without the
+            // concurrent-execution state, dropping a store is cheaper (with
+            // it, each drop builds an error value, and a backtrace when
+            // RUST_BACKTRACE is set).
+            .concurrency_support(false)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine =
             wasmtime::Engine::new(&config).map_err(|e| EngineError::Config(format!("{e:#}")))?;

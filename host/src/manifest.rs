@@ -136,8 +136,11 @@ fn default_batch() -> usize {
 fn default_claim_idle_ms() -> u64 {
     30_000
 }
+/// `[redis] concurrency` when the manifest does not set it.
+pub const DEFAULT_REDIS_CONCURRENCY: usize = 64;
+
 fn default_concurrency() -> usize {
-    16
+    DEFAULT_REDIS_CONCURRENCY
 }
 
 /// `[kafka]`: Kafka topics as ingress and event transport.

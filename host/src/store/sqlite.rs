@@ -582,6 +582,8 @@ fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     // power loss may take back the last commits (never corrupt the file).
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Savepoints' sub-journals in memory, not in temporary files.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
@@ -623,7 +625,7 @@ fn commit_group(conn: &mut Connection, group: Vec<(Box<OwnedCommit>, Reply)>) {
     let now = now_rfc3339();
     let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(group.len());
     let committed = (|| {
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if let [(only, _)] = group.as_slice() {
             // Alone: the transaction itself is the unit; a failure rolls it back.
             let result = apply(&tx, only, &now);
@@ -634,6 +636,19 @@ fn commit_group(conn: &mut Connection, group: Vec<(Box<OwnedCommit>, Reply)>) {
             }
             return Ok(());
         }
+        // Most groups have no conflict and no duplicate: apply them all
+        // without savepoints (a savepoint copies every page it touches to a
+        // sub-journal). If one fails, roll the whole group back and apply it
+        // again, each unit in its own savepoint.
+        if group
+            .iter()
+            .all(|(commit, _)| apply(&tx, commit, &now).is_ok())
+        {
+            results.resize_with(group.len(), || Ok(()));
+            return tx.commit();
+        }
+        tx.rollback()?;
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for (commit, _) in &group {
             let savepoint = tx.savepoint()?;
             let result = apply(&savepoint, commit, &now);
