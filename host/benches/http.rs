@@ -19,6 +19,11 @@ use anyhow::{Context, bail};
 use switchyard::manifest::Manifest;
 
 fn main() -> anyhow::Result<()> {
+    // RUST_LOG=switchyard=debug shows what the host does under the load.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -120,8 +125,9 @@ async fn run() -> anyhow::Result<()> {
             path,
         )
     };
+    // `{n}` becomes a number unique to the request: one sku per restock.
     let restock_body =
-        r#"{"topic":"inventory","subtopic":"restock","body":{"sku":"pear","qty":1}}"#;
+        r#"{"topic":"inventory","subtopic":"restock","body":{"sku":"pear-{n}","qty":1}}"#;
     let restock_paced = script(
         scripts.path(),
         "restock-paced.lua",
@@ -202,6 +208,20 @@ fn script(
     );
     if let Some(ms) = delay_ms {
         text.push_str(&format!("function delay() return {ms} end\n"));
+    }
+    if body.contains("{n}") {
+        // A fresh value per request (e.g. one sku each): restocks of one
+        // document would all conflict and measure the retry path instead.
+        let (before, after) = body.split_once("{n}").unwrap_or((body, ""));
+        text.push_str(&format!(
+            "local threads = 0\n\
+             function setup(thread)\n  threads = threads + 1\n  thread:set('id', threads)\nend\n\
+             local n = 0\n\
+             function request()\n  n = n + 1\n  \
+             return wrk.format(nil, nil, nil, '{}' .. id .. '-' .. n .. '{}')\nend\n",
+            before.replace('\'', "\\'"),
+            after.replace('\'', "\\'")
+        ));
     }
     let file = dir.join(name);
     std::fs::write(&file, text)?;

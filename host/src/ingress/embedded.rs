@@ -83,9 +83,12 @@ async fn consume(dispatcher: Arc<Dispatcher>, name: String, shutdown: Cancellati
             }
             continue;
         }
+        // The cursor moves once per read, past the entries handled: after a
+        // crash the rest of a read is delivered again and the inbox answers.
+        let mut handled = None;
         for entry in entries {
             if shutdown.is_cancelled() {
-                return;
+                break;
             }
             let outcome = dispatcher.deliver(&module, &entry.envelope).await;
             if let Outcome::Failed(f) = &outcome
@@ -95,10 +98,12 @@ async fn consume(dispatcher: Arc<Dispatcher>, name: String, shutdown: Cancellati
                 tokio::time::sleep(STORE_RETRY).await;
                 break;
             }
-            if let Err(e) = store.set_cursor(&consumer, entry.seq).await {
-                tracing::warn!(module = %name, error = %e, "embedded log: cannot advance the cursor");
-                break;
-            }
+            handled = Some(entry.seq);
+        }
+        if let Some(seq) = handled
+            && let Err(e) = store.set_cursor(&consumer, seq).await
+        {
+            tracing::warn!(module = %name, error = %e, "embedded log: cannot advance the cursor");
         }
     }
 }

@@ -590,30 +590,26 @@ fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
 
 /// The writer thread: takes jobs until every handle to the store is gone.
 fn write_loop(mut conn: Connection, mut queue: mpsc::UnboundedReceiver<Job>) {
-    let mut next: Option<Job> = None;
-    loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => match queue.blocking_recv() {
-                Some(job) => job,
-                None => return,
-            },
-        };
+    while let Some(job) = queue.blocking_recv() {
         match job {
             Job::Run(write) => write(&mut conn),
             Job::Commit(first, reply) => {
+                // Other writes queued among the units (a cursor, a relay's
+                // marks) come from other callers, each waiting for its own
+                // reply: they run after the group instead of splitting it.
                 let mut group = vec![(first, reply)];
+                let mut after = Vec::new();
                 while group.len() < MAX_GROUP {
                     match queue.try_recv() {
                         Ok(Job::Commit(commit, reply)) => group.push((commit, reply)),
-                        Ok(other) => {
-                            next = Some(other);
-                            break;
-                        }
+                        Ok(Job::Run(write)) => after.push(write),
                         Err(_) => break,
                     }
                 }
                 commit_group(&mut conn, group);
+                for write in after {
+                    write(&mut conn);
+                }
             }
         }
     }
@@ -640,13 +636,14 @@ fn commit_group(conn: &mut Connection, group: Vec<(Box<OwnedCommit>, Reply)>) {
         // without savepoints (a savepoint copies every page it touches to a
         // sub-journal). If one fails, roll the whole group back and apply it
         // again, each unit in its own savepoint.
-        if group
+        let failed = group
             .iter()
-            .all(|(commit, _)| apply(&tx, commit, &now).is_ok())
-        {
+            .find_map(|(commit, _)| apply(&tx, commit, &now).err());
+        let Some(failed) = failed else {
             results.resize_with(group.len(), || Ok(()));
             return tx.commit();
-        }
+        };
+        tracing::debug!(units = group.len(), first_failure = %failed, "group commit: a unit failed; applying each in a savepoint");
         tx.rollback()?;
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for (commit, _) in &group {
