@@ -37,6 +37,8 @@ const READERS: u32 = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most units of work committed in one transaction.
 const MAX_GROUP: usize = 512;
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -47,6 +49,8 @@ struct Inner {
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
     writer: mpsc::UnboundedSender<Job>,
+    /// Dropped with the store: the checkpointer thread then ends.
+    _checkpointer: std::sync::mpsc::Sender<()>,
 }
 
 /// Work for the writer thread.
@@ -89,12 +93,16 @@ impl SqliteStore {
         migrate(options).await?;
         let path = file.clone();
         let readers = max_connections.unwrap_or(READERS).max(1);
-        let (readers, writer) = tokio::task::spawn_blocking(move || {
+        let (readers, writer, checkpoints) = tokio::task::spawn_blocking(move || {
             let writer = open(&path, false)?;
+            // Checkpoints run on a thread of their own (below), so a commit
+            // never waits for one to copy pages and sync the file.
+            writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+            let checkpoints = open(&path, false)?;
             let readers = (0..readers)
                 .map(|_| open(&path, true).map(Mutex::new))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, StoreError>((readers, writer))
+            Ok::<_, StoreError>((readers, writer, checkpoints))
         })
         .await
         .map_err(|e| StoreError::Backend(format!("opening {}: {e}", file.display())))??;
@@ -103,11 +111,17 @@ impl SqliteStore {
             .name("switchyard-sqlite-writer".into())
             .spawn(move || write_loop(writer, queue))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
+        let (checkpointer, stop) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("switchyard-sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoints, stop))
+            .map_err(|e| StoreError::Backend(format!("starting the checkpoint thread: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 writer: jobs,
+                _checkpointer: checkpointer,
             }),
         })
     }
@@ -586,6 +600,18 @@ fn open(path: &Path, read_only: bool) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+/// The checkpoint thread: every `CHECKPOINT_EVERY`, copies what the WAL holds
+/// into the database file without waiting for readers or the writer
+/// (PASSIVE), until the store is dropped.
+fn checkpoint_loop(conn: Connection, stop: std::sync::mpsc::Receiver<()>) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY)
+    {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "WAL checkpoint");
+        }
+    }
 }
 
 /// The writer thread: takes jobs until every handle to the store is gone.
