@@ -230,15 +230,21 @@ impl Metrics {
         self.histogram(HANDLING_SECONDS, module)
             .record(took.as_secs_f64());
         if outcome.dead_lettered() {
-            self.counter(
-                DEAD_LETTERS,
-                vec![
-                    Label::new("module", module.to_string()),
-                    Label::new("topic", topic.to_string()),
-                ],
-            )
-            .increment(1);
+            self.dead_lettered(module, topic);
         }
+    }
+
+    /// A dead letter written for `module` on `topic` (also for a stream
+    /// entry or Kafka value that was not an envelope at all).
+    pub fn dead_lettered(&self, module: &str, topic: &str) {
+        self.counter(
+            DEAD_LETTERS,
+            vec![
+                Label::new("module", module.to_string()),
+                Label::new("topic", topic.to_string()),
+            ],
+        )
+        .increment(1);
     }
 
     /// One instantiation of `module`.

@@ -249,6 +249,21 @@ async fn poison_entries_go_to_the_dlq_stream_and_the_consumer_keeps_going() {
         (status == 200 && stock["output"]["available"] == 2).then_some(())
     })
     .await;
+    // Counted as dead letters of the module whose group read them.
+    eventually(
+        "2 dead letters counted",
+        Duration::from_secs(15),
+        || async {
+            let (_, samples) = crate::operations::scrape(&host).await;
+            let counted = crate::operations::sample(
+                &samples,
+                "switchyard_dead_letters_total",
+                &[("module", "inventory"), ("topic", "inventory")],
+            );
+            (counted == Some(2.0)).then_some(())
+        },
+    )
+    .await;
     host.stop().await;
 }
 

@@ -485,7 +485,11 @@ impl PartitionWorker {
                         format!("{}:{}", message.partition(), message.offset()),
                     ),
                 ];
-                return self.dead_letter(topic, message, &why).await;
+                let done = self.dead_letter(topic, message, &why).await;
+                if done {
+                    (self.dispatcher.registry.metrics).dead_lettered(&self.module, topic);
+                }
+                return done;
             }
         };
         match self.dispatcher.deliver(module, &envelope).await {

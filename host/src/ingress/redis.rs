@@ -619,6 +619,7 @@ impl Consumer {
             tracing::warn!(module = %self.module, error = %err, "cannot record the dead letter; entry stays pending");
             return false;
         }
+        (self.dispatcher.registry.metrics).dead_lettered(&module.name, &e.topic);
         true
     }
 
