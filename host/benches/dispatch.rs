@@ -80,6 +80,10 @@ async fn run() -> anyhow::Result<()> {
         1.0 / bare.as_secs_f64()
     );
     print_breakdown(&engine, &module).await;
+    if std::env::var_os("DISPATCH_BENCH_ONLY_BARE").is_some() {
+        // For profiling the sandbox alone (`perf record`).
+        return Ok(());
+    }
 
     let mut round = 0usize;
     for (label, concurrency) in [("1 in flight", 1), ("32 in flight", CONCURRENCY)] {

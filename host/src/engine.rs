@@ -135,7 +135,8 @@ impl Engine {
             // avoids page faults and TLB shootdowns on every fresh instance.
             .linear_memory_keep_resident(16 << 20)
             .table_keep_resident(1 << 20)
-            .pagemap_scan(wasmtime::Enabled::Auto);
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .decommit_batch_size(32);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
