@@ -135,8 +135,7 @@ impl Engine {
             // avoids page faults and TLB shootdowns on every fresh instance.
             .linear_memory_keep_resident(16 << 20)
             .table_keep_resident(1 << 20)
-            .pagemap_scan(wasmtime::Enabled::Auto)
-            .decommit_batch_size(32);
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -218,14 +217,20 @@ impl Engine {
 
     /// Loads a component this host compiled earlier (see [`crate::cache`]).
     pub fn load_compiled(&self, path: &std::path::Path) -> Result<Component, EngineError> {
-        // SAFETY: `deserialize_file` trusts the file to be wasmtime output.
+        // Read into memory rather than `deserialize_file`: a mapped file would
+        // back the code and the memory images of every instance, so anything
+        // that truncated or rewrote the cache file in place (an operator, a
+        // full disk, another tool) would crash the host with SIGBUS.
+        let bytes = std::fs::read(path)
+            .map_err(|e| EngineError::Compile(format!("reading {}: {e}", path.display())))?;
+        // SAFETY: `deserialize` trusts the bytes to be wasmtime output.
         // Only the host's own artifact cache is passed here: files the host
         // wrote (atomically, by rename) under names keyed by the sha256 of the
         // source component and by `compatibility_key`; wasmtime still checks
         // the header and refuses an artifact of another version or config.
         // The cache folder must be as trusted as the host binary itself.
         #[allow(unsafe_code)]
-        let component = unsafe { Component::deserialize_file(&self.engine, path) };
+        let component = unsafe { Component::deserialize(&self.engine, &bytes) };
         component.map_err(|e| EngineError::Compile(format!("{e:#}")))
     }
 

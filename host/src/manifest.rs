@@ -137,7 +137,7 @@ fn default_claim_idle_ms() -> u64 {
     30_000
 }
 /// `[redis] concurrency` when the manifest does not set it.
-pub const DEFAULT_REDIS_CONCURRENCY: usize = 64;
+pub const DEFAULT_REDIS_CONCURRENCY: usize = 128;
 
 fn default_concurrency() -> usize {
     DEFAULT_REDIS_CONCURRENCY
