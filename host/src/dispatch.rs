@@ -157,7 +157,7 @@ impl Dispatcher {
         );
         let started = std::time::Instant::now();
         let outcome = self
-            .deliver_with_retries(module, envelope, delivery)
+            .deliver_with_retries(module, envelope, delivery, &trace)
             .instrument(span)
             .await;
         let metrics = &self.registry.metrics;
@@ -185,12 +185,13 @@ impl Dispatcher {
         module: &Arc<LoadedModule>,
         envelope: &Envelope,
         delivery: u32,
+        trace: &trace::Handling,
     ) -> Outcome {
         let mut attempts = delivery.max(1) - 1;
         let mut conflicts = 0u32;
         loop {
             attempts += 1;
-            let (kind, message) = match self.attempt(module, envelope, attempts).await {
+            let (kind, message) = match self.attempt(module, envelope, attempts, trace).await {
                 Attempt::Committed(answer) => {
                     count(&module.stats, true);
                     return Outcome::Processed(answer);
@@ -245,7 +246,13 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, module: &LoadedModule, envelope: &Envelope, attempt: u32) -> Attempt {
+    async fn attempt(
+        &self,
+        module: &LoadedModule,
+        envelope: &Envelope,
+        attempt: u32,
+        trace: &trace::Handling,
+    ) -> Attempt {
         match self.store.inbox_answer(&module.name, &envelope.id).await {
             Ok(Some(answer)) => return decode_answer(&answer),
             Ok(None) => {}
@@ -257,7 +264,7 @@ impl Dispatcher {
         let meta = MessageMeta {
             id: envelope.id.clone(),
             correlation_id: envelope.correlation_id().to_string(),
-            traceparent: trace::Handling::of(&module.name, envelope).child(),
+            traceparent: trace.child(),
         };
         let uow = UnitOfWork::new(module.grants.clone(), self.store.clone(), meta);
         let mut store =

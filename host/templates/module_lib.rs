@@ -37,10 +37,15 @@ fn create(ctx: &Ctx, cmd: Create) -> Result<Item, Error> {
     if cmd.id.is_empty() {
         return Err(Error::invalid("id must not be empty"));
     }
+    if ctx.get::<Item>("items", &cmd.id)?.is_some() {
+        return Err(Error::rejected(format!("item '{}' already exists", cmd.id)));
+    }
     let item = Item { id: cmd.id, note: cmd.note };
-    // Some(0): the item must not exist yet; a second create is a conflict.
-    ctx.put("items", &item.id, &item, Some(0))
-        .map_err(|_| Error::rejected(format!("item '{}' already exists", item.id)))?;
+    // Some(0): must still not exist at commit. If another message created it
+    // meanwhile, this is a version conflict: the host runs the message again
+    // and the check above answers "already exists". Any other error (store
+    // down, value too large) keeps its own kind.
+    ctx.put("items", &item.id, &item, Some(0))?;
     ctx.emit(EVENTS, "created", &serde_json::json!({"id": item.id}))?;
     Ok(item)
 }
