@@ -480,7 +480,18 @@ impl Consumer {
             (1..entries.len()).filter_map(|_| room.split(1)).collect();
         permits.push(room);
         for (e, permit) in entries.into_iter().zip(permits) {
-            let (before, after) = match partition_key(&e) {
+            // Decoded once, here: the key orders it, the handler takes it.
+            let parsed = parse_entry(&e);
+            let key = match &parsed {
+                Ok(envelope) => envelope.header(PARTITION_KEY).map(str::to_string),
+                // Not an envelope: still behind its key's earlier entries.
+                Err(_) => e
+                    .fields
+                    .iter()
+                    .find(|(k, _)| k == PARTITION_KEY)
+                    .map(|(_, v)| v.clone()),
+            };
+            let (before, after) = match key {
                 Some(key) => {
                     let (tx, rx) = oneshot::channel();
                     (tails.insert(key, rx), Some(tx))
@@ -497,7 +508,7 @@ impl Consumer {
                     Some(before) => before.await.unwrap_or(false),
                     None => true,
                 };
-                let done = ready && this.handle_entry(&module, e).await;
+                let done = ready && this.handle_entry(&module, e, parsed).await;
                 this.in_flight
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -539,8 +550,13 @@ impl Consumer {
 
     /// Handles one entry; true when it is done (committed, or its failure
     /// recorded) and may be acknowledged, false when it was left pending.
-    async fn handle_entry(&self, module: &Arc<LoadedModule>, e: Entry) -> bool {
-        let envelope = match parse_entry(&e) {
+    async fn handle_entry(
+        &self,
+        module: &Arc<LoadedModule>,
+        e: Entry,
+        parsed: Result<Envelope, String>,
+    ) -> bool {
+        let envelope = match parsed {
             Ok(envelope) => envelope,
             Err(reason) => {
                 tracing::warn!(module = %self.module, stream = %e.key, entry = %e.id, %reason, "not an envelope: dead-lettered");
@@ -672,17 +688,6 @@ fn entry(key: &str, topic: &str, id: StreamId, deliveries: u32) -> Entry {
         deliveries,
         fields,
     }
-}
-
-/// The entry's partition key: a `partition-key` field of the flat form, or
-/// the header inside the `envelope` field's JSON.
-fn partition_key(e: &Entry) -> Option<String> {
-    if let Some((_, key)) = e.fields.iter().find(|(k, _)| k == PARTITION_KEY) {
-        return Some(key.clone());
-    }
-    let (_, json) = e.fields.iter().find(|(k, _)| k == "envelope")?;
-    let value: serde_json::Value = serde_json::from_str(json).ok()?;
-    value["headers"][PARTITION_KEY].as_str().map(str::to_string)
 }
 
 /// The id of an entry that carries none: where it sits, so a redelivery is
