@@ -16,6 +16,7 @@ use crate::engine::{EPOCH_TICK, Engine, POOL_INSTANCES};
 use crate::envelope::{self, CAUSATION_ID, CORRELATION_ID, Envelope, PARTITION_KEY, TIMESTAMP};
 use crate::registry::{LoadedModule, Registry, Verdict, count};
 use crate::store::{Commit, DeadLetter, Store, StoreError};
+use crate::telemetry::{Handled, Telemetry};
 use crate::trace;
 use crate::uow::{MessageMeta, UnitOfWork};
 
@@ -111,6 +112,8 @@ pub struct Dispatcher {
     /// Bounds live instances below the pool size, so a burst waits rather
     /// than failing to instantiate.
     instances: Semaphore,
+    /// Span export, when `[telemetry]` configures it.
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Dispatcher {
@@ -123,7 +126,14 @@ impl Dispatcher {
             partitions: (0..PARTITION_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
             instances: Semaphore::new(POOL_INSTANCES as usize * 3 / 4),
+            telemetry: None,
         }
+    }
+
+    /// Exports each handling's span through `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Option<Arc<Telemetry>>) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// Handles `envelope` with `module`, retrying as the failure policy says,
@@ -156,12 +166,24 @@ impl Dispatcher {
             span_id = %trace.span_id_hex(),
         );
         let started = std::time::Instant::now();
+        let started_at = std::time::SystemTime::now();
         let outcome = self
             .deliver_with_retries(module, envelope, delivery, &trace)
             .instrument(span)
             .await;
+        let elapsed = started.elapsed();
         let metrics = &self.registry.metrics;
-        metrics.delivered(&module.name, &envelope.topic, &outcome, started.elapsed());
+        metrics.delivered(&module.name, &envelope.topic, &outcome, elapsed);
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.record(&Handled {
+                module: &module.name,
+                envelope,
+                trace: &trace,
+                started: started_at,
+                elapsed,
+                outcome: &outcome,
+            });
+        }
         // A version on trial (just reloaded) that fails its first messages
         // gives its module back to the version it replaced; after the trial
         // this is two relaxed atomic operations.

@@ -18,6 +18,7 @@
 //! - [`store`]: documents, inbox, outbox/log, dead letters (SQLite, or
 //!   PostgreSQL for several hosts on one database);
 //! - [`trace`]: W3C `traceparent` carried from a message to its events;
+//!   [`telemetry`]: its spans exported over OTLP when configured;
 //! - [`manifest`]: `plugins.toml`; [`builder`]: `switchyard build`;
 //!   [`lint`]: `switchyard check`'s module lints (WIT version, grants);
 //! - [`metrics`]: the Prometheus series of `/metrics`;
@@ -38,6 +39,7 @@ pub mod registry;
 pub mod relay;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod trace;
 pub mod uow;
 pub mod watch;

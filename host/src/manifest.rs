@@ -66,6 +66,8 @@ pub struct Manifest {
     pub host: HostSettings,
     pub redis: Option<RedisSettings>,
     pub kafka: Option<KafkaSettings>,
+    /// `[telemetry]`: span export; absent means spans go to the log only.
+    pub telemetry: Option<TelemetrySettings>,
     /// Module entries by name, in name order.
     pub modules: BTreeMap<String, ModuleEntry>,
 }
@@ -169,6 +171,35 @@ pub struct KafkaSettings {
     pub producer: BTreeMap<String, String>,
 }
 
+/// `[telemetry]`: export each message's span over OTLP/HTTP, so a saga shows
+/// as one trace in Jaeger, Tempo or any OpenTelemetry collector.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans
+    /// are posted to `<otlp-endpoint>/v1/traces`.
+    pub otlp_endpoint: String,
+    /// `http/protobuf` (the OTLP default) or `http/json`.
+    #[serde(default)]
+    pub otlp_protocol: OtlpProtocol,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    #[default]
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+    #[serde(rename = "http/json")]
+    HttpJson,
+}
+
+fn default_service_name() -> String {
+    "switchyard".to_string()
+}
+
 fn default_partitions() -> u32 {
     3
 }
@@ -239,6 +270,7 @@ struct RawManifest {
     host: RawHost,
     redis: Option<RedisSettings>,
     kafka: Option<KafkaSettings>,
+    telemetry: Option<TelemetrySettings>,
     #[serde(default)]
     modules: BTreeMap<String, ModuleEntry>,
 }
@@ -355,6 +387,17 @@ impl Manifest {
             }
         }
 
+        if let Some(telemetry) = &raw.telemetry {
+            check_otlp_endpoint(&telemetry.otlp_endpoint)
+                .map_err(|m| invalid("telemetry.otlp-endpoint".into(), m))?;
+            if telemetry.service_name.trim().is_empty() {
+                return Err(invalid(
+                    "telemetry.service-name".into(),
+                    "must not be empty".into(),
+                ));
+            }
+        }
+
         for (name, entry) in &raw.modules {
             let key = |k: &str| format!("modules.{name}.{k}");
             check_module_name(name).map_err(|m| invalid(format!("modules.{name}"), m))?;
@@ -409,9 +452,25 @@ impl Manifest {
             host,
             redis: raw.redis,
             kafka: raw.kafka,
+            telemetry: raw.telemetry,
             modules: raw.modules,
         })
     }
+}
+
+/// An `http://host[:port][/path]` URL. The exporter is built without TLS:
+/// send to a collector (or agent) on the host's network, which forwards.
+fn check_otlp_endpoint(endpoint: &str) -> Result<(), String> {
+    let Some(rest) = endpoint.strip_prefix("http://") else {
+        return Err(format!(
+            "{endpoint:?} must be an http:// URL (https is not built in: point it at a local OpenTelemetry collector)"
+        ));
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains(char::is_whitespace) {
+        return Err(format!("{endpoint:?} has no host"));
+    }
+    Ok(())
 }
 
 fn check_module_name(name: &str) -> Result<(), String> {
@@ -541,5 +600,49 @@ mod tests {
         assert!(err.to_string().contains("modules.orders.file"), "{err}");
         let err = parse("[host]\ndatabase = \"mysql://x\"\n").expect_err("must be refused");
         assert!(err.to_string().contains("host.database"), "{err}");
+    }
+
+    #[test]
+    fn telemetry_section_defaults_and_checks() {
+        assert_eq!(parse("").unwrap().telemetry, None);
+        let m = parse("[telemetry]\notlp-endpoint = \"http://otel:4318\"\n").expect("valid");
+        assert_eq!(
+            m.telemetry,
+            Some(TelemetrySettings {
+                otlp_endpoint: "http://otel:4318".into(),
+                otlp_protocol: OtlpProtocol::HttpProtobuf,
+                service_name: "switchyard".into(),
+            })
+        );
+        let m = parse(
+            "[telemetry]\notlp-endpoint = \"http://otel:4318\"\notlp-protocol = \"http/json\"\nservice-name = \"shop\"\n",
+        )
+        .expect("valid");
+        let t = m.telemetry.expect("telemetry");
+        assert_eq!(
+            (t.otlp_protocol, t.service_name.as_str()),
+            (OtlpProtocol::HttpJson, "shop")
+        );
+        for (text, key) in [
+            (
+                "otlp-endpoint = \"https://otel:4318\"",
+                "telemetry.otlp-endpoint",
+            ),
+            ("otlp-endpoint = \"otel:4318\"", "telemetry.otlp-endpoint"),
+            (
+                "otlp-endpoint = \"http:///v1/traces\"",
+                "telemetry.otlp-endpoint",
+            ),
+            (
+                "otlp-endpoint = \"http://otel\"\nservice-name = \" \"",
+                "telemetry.service-name",
+            ),
+        ] {
+            let err = parse(&format!("[telemetry]\n{text}\n")).expect_err("must be refused");
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+        let err = parse("[telemetry]\notlp-endpoint = \"http://otel\"\notlp-protocol = \"grpc\"\n")
+            .expect_err("must be refused");
+        assert!(err.to_string().contains("grpc"), "{err}");
     }
 }

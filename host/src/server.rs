@@ -23,6 +23,7 @@ use crate::manifest::{Manifest, ManifestError};
 use crate::registry::{LoadProblem, Registry};
 use crate::relay::{self, Broker};
 use crate::store::{Store, StoreOptions};
+use crate::telemetry::Telemetry;
 use crate::watch;
 
 /// Re-reads the manifest and the plugins folder and swaps the routes.
@@ -74,6 +75,7 @@ pub struct Host {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     dispatcher: Arc<Dispatcher>,
+    telemetry: Option<Arc<Telemetry>>,
 }
 
 impl Host {
@@ -91,6 +93,13 @@ impl Host {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+        // The spans of the messages just finished, to the collector.
+        if let Some(telemetry) = self.telemetry {
+            let flushed = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+            if let Err(e) = flushed {
+                tracing::warn!(error = %e, "span export did not shut down");
+            }
+        }
     }
 }
 
@@ -136,11 +145,18 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
     brokers.extend(redis.clone().map(Broker::Redis));
     let broker = brokers.first().cloned();
 
-    let dispatcher = Arc::new(Dispatcher::new(
-        engine.clone(),
-        store.clone(),
-        registry.clone(),
-    ));
+    let telemetry = match &manifest.telemetry {
+        Some(settings) => {
+            let telemetry = Telemetry::start(settings).context("configuring [telemetry]")?;
+            tracing::info!(endpoint = %settings.otlp_endpoint, "exporting spans over OTLP");
+            Some(Arc::new(telemetry))
+        }
+        None => None,
+    };
+    let dispatcher = Arc::new(
+        Dispatcher::new(engine.clone(), store.clone(), registry.clone())
+            .with_telemetry(telemetry.clone()),
+    );
     if broker.is_none() {
         embedded::init_cursors(&dispatcher)
             .await
@@ -234,6 +250,7 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         shutdown,
         tracker,
         dispatcher,
+        telemetry,
     })
 }
 

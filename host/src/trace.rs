@@ -112,6 +112,11 @@ impl Handling {
         .header()
     }
 
+    /// The W3C trace flags (bit 0: sampled) this handling inherited.
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
     /// The trace id as the header writes it (32 hex digits).
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)

@@ -17,3 +17,4 @@ mod redis_streams;
 mod reload;
 mod saga;
 mod sandbox;
+mod telemetry;
