@@ -16,7 +16,8 @@
 //! - [`capabilities`]: the WIT imports a module gets (repository, events,
 //!   config, log, clock), bound to the message's [`uow`] unit of work;
 //! - [`store`]: documents, inbox, outbox/log, dead letters (SQLite, or
-//!   PostgreSQL for several hosts on one database);
+//!   PostgreSQL for several hosts on one database); [`retention`] deletes
+//!   old inbox and outbox rows;
 //! - [`trace`]: W3C `traceparent` carried from a message to its events;
 //!   [`telemetry`]: its spans exported over OTLP when configured;
 //! - [`manifest`]: `plugins.toml`; [`builder`]: `switchyard build`;
@@ -37,6 +38,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod registry;
 pub mod relay;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod telemetry;

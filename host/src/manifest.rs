@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -66,6 +67,8 @@ pub struct Manifest {
     pub host: HostSettings,
     pub redis: Option<RedisSettings>,
     pub kafka: Option<KafkaSettings>,
+    /// `[retention]`: what the host deletes once it is old enough.
+    pub retention: RetentionSettings,
     /// `[telemetry]`: span export; absent means spans go to the log only.
     pub telemetry: Option<TelemetrySettings>,
     /// Module entries by name, in name order.
@@ -171,6 +174,82 @@ pub struct KafkaSettings {
     pub producer: BTreeMap<String, String>,
 }
 
+/// `[retention]`, validated: `None` keeps rows forever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionSettings {
+    /// Inbox records, i.e. how long a message id is recognised as a
+    /// duplicate (the deduplication window).
+    pub inbox: Option<Duration>,
+    /// Outbox entries already handed to the broker, or read by every
+    /// embedded-log consumer.
+    pub outbox: Option<Duration>,
+    /// How often the host looks for rows to delete.
+    pub every: Duration,
+}
+
+/// Seven days: Kafka's default `retention.ms`, and past any sane redelivery.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const DEFAULT_RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            inbox: Some(DEFAULT_RETENTION),
+            outbox: Some(DEFAULT_RETENTION),
+            every: DEFAULT_RETENTION_EVERY,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRetention {
+    inbox: Option<String>,
+    outbox: Option<String>,
+    every: Option<String>,
+}
+
+/// `"7d"`, `"12h 30m"`, or `"forever"` (`None`).
+fn parse_age(text: &str) -> Result<Option<Duration>, String> {
+    if text.trim() == "forever" {
+        return Ok(None);
+    }
+    let age = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like \"7d\" or \"forever\": {e}"))?;
+    if age < Duration::from_secs(1) {
+        return Err(format!("{text:?} is under one second"));
+    }
+    Ok(Some(age))
+}
+
+impl RawRetention {
+    fn validate(self) -> Result<RetentionSettings, (String, String)> {
+        let defaults = RetentionSettings::default();
+        let age = |key: &str, text: Option<String>, default: Option<Duration>| match text {
+            None => Ok(default),
+            Some(t) => parse_age(&t).map_err(|m| (format!("retention.{key}"), m)),
+        };
+        let every = match self.every {
+            None => defaults.every,
+            Some(t) => match parse_age(&t) {
+                Ok(Some(every)) => every,
+                Ok(None) => {
+                    return Err((
+                        "retention.every".into(),
+                        "must be a duration; set inbox and outbox to \"forever\" to keep everything".into(),
+                    ));
+                }
+                Err(m) => return Err(("retention.every".into(), m)),
+            },
+        };
+        Ok(RetentionSettings {
+            inbox: age("inbox", self.inbox, defaults.inbox)?,
+            outbox: age("outbox", self.outbox, defaults.outbox)?,
+            every,
+        })
+    }
+}
+
 /// `[telemetry]`: export each message's span over OTLP/HTTP, so a saga shows
 /// as one trace in Jaeger, Tempo or any OpenTelemetry collector.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -270,6 +349,8 @@ struct RawManifest {
     host: RawHost,
     redis: Option<RedisSettings>,
     kafka: Option<KafkaSettings>,
+    #[serde(default)]
+    retention: RawRetention,
     telemetry: Option<TelemetrySettings>,
     #[serde(default)]
     modules: BTreeMap<String, ModuleEntry>,
@@ -387,6 +468,10 @@ impl Manifest {
             }
         }
 
+        let retention = raw
+            .retention
+            .validate()
+            .map_err(|(key, message)| invalid(key, message))?;
         if let Some(telemetry) = &raw.telemetry {
             check_otlp_endpoint(&telemetry.otlp_endpoint)
                 .map_err(|m| invalid("telemetry.otlp-endpoint".into(), m))?;
@@ -452,6 +537,7 @@ impl Manifest {
             host,
             redis: raw.redis,
             kafka: raw.kafka,
+            retention,
             telemetry: raw.telemetry,
             modules: raw.modules,
         })
@@ -644,5 +730,33 @@ mod tests {
         let err = parse("[telemetry]\notlp-endpoint = \"http://otel\"\notlp-protocol = \"grpc\"\n")
             .expect_err("must be refused");
         assert!(err.to_string().contains("grpc"), "{err}");
+    }
+
+    #[test]
+    fn retention_ages_default_parse_and_name_the_key() {
+        let r = parse("").unwrap().retention;
+        assert_eq!(r, RetentionSettings::default());
+        assert_eq!(r.inbox, Some(Duration::from_secs(7 * 24 * 3600)));
+        let r = parse("[retention]\ninbox = \"36h\"\noutbox = \"forever\"\nevery = \"30s\"\n")
+            .unwrap()
+            .retention;
+        assert_eq!(
+            r,
+            RetentionSettings {
+                inbox: Some(Duration::from_secs(36 * 3600)),
+                outbox: None,
+                every: Duration::from_secs(30),
+            }
+        );
+        for (text, key) in [
+            ("inbox = \"a week\"", "retention.inbox"),
+            ("outbox = \"10ms\"", "retention.outbox"),
+            ("every = \"forever\"", "retention.every"),
+            ("inbox = 7", "inbox"),
+            ("keep = \"1d\"", "keep"),
+        ] {
+            let err = parse(&format!("[retention]\n{text}\n")).expect_err("must be refused");
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
     }
 }

@@ -44,6 +44,8 @@ pub const CONSUMER_LAG: &str = "switchyard_consumer_lag";
 pub const MODULES_LOADED: &str = "switchyard_modules_loaded";
 /// Modules or files that failed to load (see `GET /v1/modules`).
 pub const MODULE_LOAD_ERRORS: &str = "switchyard_module_load_errors";
+/// Counter, label `table` (`inbox`, `outbox`).
+pub const PRUNED_ROWS: &str = "switchyard_pruned_rows_total";
 
 /// Buckets of the handling time: a fast handler commits in well under a
 /// millisecond; retries with backoff take seconds.
@@ -206,6 +208,11 @@ impl Metrics {
             None,
             text("Entries of a stream its consumer group has not read yet."),
         );
+        r.describe_counter(
+            PRUNED_ROWS.into(),
+            None,
+            text("Rows deleted by retention ([retention]), by table."),
+        );
         r.describe_gauge(MODULES_LOADED.into(), None, text("Modules serving now."));
         r.describe_gauge(
             MODULE_LOAD_ERRORS.into(),
@@ -291,6 +298,12 @@ impl Metrics {
             ],
         )
         .set(lag as f64);
+    }
+
+    /// Rows of `table` deleted by retention.
+    pub fn pruned(&self, table: &'static str, rows: u64) {
+        self.counter(PRUNED_ROWS, vec![Label::new("table", table)])
+            .increment(rows);
     }
 
     /// Modules serving, and modules or files that failed to load.

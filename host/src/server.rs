@@ -22,6 +22,7 @@ use crate::ingress::{embedded, http};
 use crate::manifest::{Manifest, ManifestError};
 use crate::registry::{LoadProblem, Registry};
 use crate::relay::{self, Broker};
+use crate::retention;
 use crate::store::{Store, StoreOptions};
 use crate::telemetry::Telemetry;
 use crate::watch;
@@ -199,6 +200,7 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let relay = broker.is_some();
     match broker {
         // With a broker, events travel through it, not in-process.
         Some(broker) => {
@@ -232,6 +234,12 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
     }
     tracker.spawn(watcher.run(reloader, shutdown.clone()));
     tracker.spawn(metrics_upkeep(dispatcher.clone(), shutdown.clone()));
+    tracker.spawn(retention::run(
+        dispatcher.clone(),
+        relay,
+        manifest.retention,
+        shutdown.clone(),
+    ));
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;

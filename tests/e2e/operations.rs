@@ -935,3 +935,58 @@ async fn postgres_with_redis_message_states_replay_and_gauges() {
     host.stop().await;
     crate::support::drop_postgres_database(&url).await;
 }
+
+#[tokio::test]
+async fn retention_prunes_the_inbox_and_the_read_log_so_an_old_id_is_new_again() {
+    let retention = "[retention]\ninbox = \"1s\"\noutbox = \"1s\"\nevery = \"1s\"\n";
+    let project = Project::new(&["orders", "inventory"], &format!("{retention}{EXAMPLES}"));
+    let host = project.start().await;
+    let restock = json!({
+        "id": "old-1", "topic": "inventory", "subtopic": "restock",
+        "body": {"sku": "kiwi", "qty": 2}
+    });
+    let (status, answer) = host.send(restock.clone()).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("processed"))
+    );
+    // Within the window the id is a duplicate.
+    let (_, answer) = host.send(restock.clone()).await;
+    assert_eq!(answer["status"], "duplicate", "{answer}");
+    let pruned = |samples: &Samples, table: &str| {
+        sample(samples, "switchyard_pruned_rows_total", &[("table", table)]).unwrap_or(0.0)
+    };
+    eventually("inbox and log pruned", Duration::from_secs(20), || async {
+        let (_, samples) = scrape(&host).await;
+        let db = project.db_url();
+        let inbox = query_count(&db, "SELECT COUNT(*) FROM inbox WHERE message_id = 'old-1'").await;
+        let outbox = query_count(&db, "SELECT COUNT(*) FROM outbox").await;
+        (inbox == 0
+            && outbox == 0
+            && pruned(&samples, "inbox") >= 1.0
+            && pruned(&samples, "outbox") >= 1.0)
+            .then_some(())
+    })
+    .await;
+    // Past the window the id is not recognised: the restock applies again.
+    let (_, answer) = host.send(restock).await;
+    assert_eq!(answer["status"], "processed", "{answer}");
+    assert_eq!(stock(&host, "kiwi").await, 4);
+    // The log keeps flowing after pruning: orders still sees inventory's events.
+    let (status, answer) = host
+        .command(
+            "orders",
+            "place",
+            json!({"order_id": "r1", "sku": "kiwi", "qty": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    eventually("r1 confirmed", Duration::from_secs(10), || async {
+        let (_, a) = host
+            .command("orders", "get", json!({"order_id": "r1"}))
+            .await;
+        (a["output"]["status"] == "confirmed").then_some(())
+    })
+    .await;
+    host.stop().await;
+}

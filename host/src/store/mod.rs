@@ -8,6 +8,8 @@ mod sqlite;
 #[cfg(test)]
 mod tests;
 
+use std::time::Duration;
+
 use crate::envelope::Envelope;
 
 pub use postgres::PostgresStore;
@@ -311,6 +313,47 @@ impl Store {
 
     pub async fn mark_replayed(&self, id: &str) -> Result<(), StoreError> {
         delegate!(self, s => s.mark_replayed(id).await)
+    }
+
+    /// Deletes up to `limit` inbox records older than `age` (their messages
+    /// are no longer recognised as duplicates); returns how many went.
+    pub async fn prune_inbox(&self, age: Duration, limit: u32) -> Result<u64, StoreError> {
+        delegate!(self, s => s.prune_inbox(age, limit).await)
+    }
+
+    /// Deletes up to `limit` outbox entries older than `age` that no reader
+    /// needs any more (see [`OutboxReaders`]). Returns how many went.
+    pub async fn prune_outbox(
+        &self,
+        age: Duration,
+        limit: u32,
+        readers: &OutboxReaders,
+    ) -> Result<u64, StoreError> {
+        delegate!(self, s => s.prune_outbox(age, limit, readers).await)
+    }
+}
+
+/// Who reads the outbox, which says when an entry is done with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxReaders {
+    /// The relay: an entry is done once handed to the broker.
+    Relay,
+    /// In-process consumers of the embedded log: for each topic someone
+    /// consumes, the position every one of them has read up to. An entry of
+    /// a topic nobody consumes is done (a new consumer starts at the end).
+    EmbeddedLog(std::collections::BTreeMap<String, i64>),
+}
+
+impl OutboxReaders {
+    /// `EmbeddedLog`'s positions as a JSON object (topic -> seq), bound as
+    /// one parameter; `None` for the relay.
+    fn positions_json(&self) -> Result<Option<String>, StoreError> {
+        match self {
+            OutboxReaders::Relay => Ok(None),
+            OutboxReaders::EmbeddedLog(read) => serde_json::to_string(read)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("log positions: {e}"))),
+        }
     }
 }
 

@@ -358,6 +358,54 @@ impl PostgresStore {
         Ok(())
     }
 
+    pub async fn prune_inbox(&self, age: Duration, limit: u32) -> Result<u64, StoreError> {
+        let deleted = sqlx::query(
+            "DELETE FROM inbox WHERE (module, message_id) IN
+               (SELECT module, message_id FROM inbox
+                WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(age.as_secs_f64())
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await?;
+        Ok(deleted.rows_affected())
+    }
+
+    pub async fn prune_outbox(
+        &self,
+        age: Duration,
+        limit: u32,
+        readers: &super::OutboxReaders,
+    ) -> Result<u64, StoreError> {
+        // SKIP LOCKED: rows a relay holds in its claim are someone's work now.
+        let positions = readers.positions_json()?;
+        let sql = match positions {
+            None => {
+                "DELETE FROM outbox WHERE seq IN
+                   (SELECT seq FROM outbox
+                    WHERE created_at < now() - make_interval(secs => $1)
+                      AND published_at IS NOT NULL
+                    ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            }
+            Some(_) => {
+                "DELETE FROM outbox WHERE seq IN
+                   (SELECT o.seq FROM outbox o
+                    LEFT JOIN jsonb_each_text($3::jsonb) r ON r.key = o.topic
+                    WHERE o.created_at < now() - make_interval(secs => $1)
+                      AND (r.value IS NULL OR o.seq <= r.value::bigint)
+                    ORDER BY o.seq LIMIT $2 FOR UPDATE OF o SKIP LOCKED)"
+            }
+        };
+        let mut query = sqlx::query(sql)
+            .bind(age.as_secs_f64())
+            .bind(i64::from(limit));
+        if let Some(positions) = positions {
+            query = query.bind(positions);
+        }
+        let deleted = query.execute(&self.pool).await?;
+        Ok(deleted.rows_affected())
+    }
+
     pub async fn cursor(&self, consumer: &str) -> Result<i64, StoreError> {
         // Read first: this runs on every poll of the embedded log, and an
         // upsert would write a row version each time.

@@ -352,6 +352,53 @@ impl SqliteStore {
         .await
     }
 
+    pub async fn prune_inbox(&self, age: Duration, limit: u32) -> Result<u64, StoreError> {
+        let cutoff = cutoff(age)?;
+        self.write(move |tx| {
+            let deleted = tx
+                .prepare_cached(
+                    "DELETE FROM inbox WHERE (module, message_id) IN
+                       (SELECT module, message_id FROM inbox WHERE created_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![cutoff, limit])?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
+    pub async fn prune_outbox(
+        &self,
+        age: Duration,
+        limit: u32,
+        readers: &super::OutboxReaders,
+    ) -> Result<u64, StoreError> {
+        let cutoff = cutoff(age)?;
+        let positions = readers.positions_json()?;
+        self.write(move |tx| {
+            let deleted = match positions {
+                None => tx
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE seq IN
+                           (SELECT seq FROM outbox
+                            WHERE created_at < ?1 AND published_at IS NOT NULL
+                            ORDER BY seq LIMIT ?2)",
+                    )?
+                    .execute(params![cutoff, limit])?,
+                Some(positions) => tx
+                    .prepare_cached(
+                        "DELETE FROM outbox WHERE seq IN
+                           (SELECT o.seq FROM outbox o
+                            LEFT JOIN json_each(?3) r ON r.key = o.topic
+                            WHERE o.created_at < ?1 AND (r.value IS NULL OR o.seq <= r.value)
+                            ORDER BY o.seq LIMIT ?2)",
+                    )?
+                    .execute(params![cutoff, limit, positions])?,
+            };
+            Ok(deleted as u64)
+        })
+        .await
+    }
+
     pub async fn cursor(&self, consumer: &str) -> Result<i64, StoreError> {
         let consumer = consumer.to_string();
         self.write(move |tx| {
@@ -550,6 +597,15 @@ impl SqliteStore {
             dead_letter_rows(statement.query(params![topic, limit])?)
         })
     }
+}
+
+/// `age` before now, as the RFC 3339 text the tables hold.
+fn cutoff(age: Duration) -> Result<String, StoreError> {
+    let at = time::OffsetDateTime::now_utc()
+        .checked_sub(time::Duration::try_from(age).unwrap_or(time::Duration::MAX))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| StoreError::Corrupt(format!("cutoff time: {e}")))
 }
 
 fn writer_gone() -> StoreError {
