@@ -4,6 +4,7 @@
 //! miss, never a load failure.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use wasmtime::component::Component;
 
@@ -37,7 +38,17 @@ impl ArtifactCache {
             return None;
         }
         match engine.load_compiled(&path) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                // Last use, for retention: an entry nobody loads ages out.
+                let touched = std::fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                if let Err(e) = touched {
+                    tracing::debug!(file = %path.display(), error = %e, "cache entry: cannot note its use");
+                }
+                Some(c)
+            }
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "compiled-component cache entry refused; recompiling");
                 // A bad entry would be refused on every load: replace it.
@@ -73,5 +84,81 @@ impl ArtifactCache {
         if let Err(e) = stored {
             tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write the compiled-component cache");
         }
+    }
+}
+
+/// A temporary file older than this was left by a writer that died.
+const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
+
+/// Deletes the entries of `dir` not written or loaded for `unused` (other
+/// versions of a module, artifacts of an older wasmtime) and temporary
+/// files left by a crash. Hosts read an entry into memory when loading it,
+/// so deleting one under a running host is safe. Returns how many went.
+pub fn prune(dir: &Path, unused: Duration) -> std::io::Result<u64> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let limit = if name.ends_with(".cwasm") {
+            unused
+        } else if name.starts_with('.') && name.ends_with(".tmp") {
+            STALE_TEMPORARY
+        } else {
+            continue;
+        };
+        let Ok(modified) = entry.metadata().and_then(|m| m.modified()) else {
+            continue;
+        };
+        if now.duration_since(modified).unwrap_or_default() > limit {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                // Another host pruned it first.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn file(dir: &Path, name: &str, age: Duration) {
+        let path = dir.join(name);
+        std::fs::write(&path, b"x").unwrap();
+        let f = std::fs::File::options().append(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn prune_removes_unused_entries_and_dead_temporaries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(24 * 3600);
+        file(dir.path(), "old-key.cwasm", day * 40);
+        file(dir.path(), "recent-key.cwasm", day);
+        file(dir.path(), ".crashed-key.1.2.tmp", Duration::from_secs(7200));
+        file(dir.path(), ".writing-key.1.3.tmp", Duration::from_secs(5));
+        file(dir.path(), "notes.txt", day * 400);
+        assert_eq!(prune(dir.path(), day * 30).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [".writing-key.1.3.tmp", "notes.txt", "recent-key.cwasm"]
+        );
+        assert_eq!(prune(&dir.path().join("absent"), day).unwrap(), 0);
     }
 }

@@ -183,6 +183,8 @@ pub struct RetentionSettings {
     /// Outbox entries already handed to the broker, or read by every
     /// embedded-log consumer.
     pub outbox: Option<Duration>,
+    /// Compiled components not loaded for this long (`cache-dir`).
+    pub cache: Option<Duration>,
     /// How often the host looks for rows to delete.
     pub every: Duration,
 }
@@ -190,12 +192,16 @@ pub struct RetentionSettings {
 /// Seven days: Kafka's default `retention.ms`, and past any sane redelivery.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_RETENTION_EVERY: Duration = Duration::from_secs(600);
+/// A compiled component unused for 30 days is another version's or another
+/// wasmtime's; recompiling one that is needed again takes well under 1 s.
+pub const DEFAULT_CACHE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Default for RetentionSettings {
     fn default() -> Self {
         Self {
             inbox: Some(DEFAULT_RETENTION),
             outbox: Some(DEFAULT_RETENTION),
+            cache: Some(DEFAULT_CACHE_RETENTION),
             every: DEFAULT_RETENTION_EVERY,
         }
     }
@@ -206,6 +212,7 @@ impl Default for RetentionSettings {
 struct RawRetention {
     inbox: Option<String>,
     outbox: Option<String>,
+    cache: Option<String>,
     every: Option<String>,
 }
 
@@ -236,7 +243,7 @@ impl RawRetention {
                 Ok(None) => {
                     return Err((
                         "retention.every".into(),
-                        "must be a duration; set inbox and outbox to \"forever\" to keep everything".into(),
+                        "must be a duration; set the ages to \"forever\" to keep everything".into(),
                     ));
                 }
                 Err(m) => return Err(("retention.every".into(), m)),
@@ -245,6 +252,7 @@ impl RawRetention {
         Ok(RetentionSettings {
             inbox: age("inbox", self.inbox, defaults.inbox)?,
             outbox: age("outbox", self.outbox, defaults.outbox)?,
+            cache: age("cache", self.cache, defaults.cache)?,
             every,
         })
     }
@@ -745,6 +753,7 @@ mod tests {
             RetentionSettings {
                 inbox: Some(Duration::from_secs(36 * 3600)),
                 outbox: None,
+                cache: Some(DEFAULT_CACHE_RETENTION),
                 every: Duration::from_secs(30),
             }
         );

@@ -1,13 +1,16 @@
 //! Retention (`[retention]`): the inbox and the outbox grow by a row or
 //! more per message; this deletes rows once they are old enough and no
-//! reader needs them, in small batches so message commits keep flowing.
+//! reader needs them, in small batches so message commits keep flowing. It
+//! also clears compiled components nobody has loaded for a long time.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::cache;
 use crate::dispatch::Dispatcher;
 use crate::ingress::embedded;
 use crate::manifest::RetentionSettings;
@@ -35,17 +38,19 @@ impl Table {
 
 /// Prunes every `settings.every` (the first pass right away) until shutdown.
 /// `relay`: a broker carries the events (else the outbox is the embedded log).
+/// `cache_dir`: the compiled-component cache.
 pub async fn run(
     dispatcher: Arc<Dispatcher>,
     relay: bool,
     settings: RetentionSettings,
+    cache_dir: PathBuf,
     shutdown: CancellationToken,
 ) {
     let tables = [
         (Table::Inbox, settings.inbox),
         (Table::Outbox, settings.outbox),
     ];
-    if tables.iter().all(|(_, age)| age.is_none()) {
+    if tables.iter().all(|(_, age)| age.is_none()) && settings.cache.is_none() {
         return;
     }
     let mut ticks = tokio::time::interval(settings.every);
@@ -67,6 +72,19 @@ pub async fn run(
                 Err(e) => {
                     tracing::warn!(table = table.name(), error = %e, "retention: pruning failed");
                 }
+            }
+        }
+        if let Some(unused) = settings.cache {
+            let dir = cache_dir.clone();
+            match tokio::task::spawn_blocking(move || cache::prune(&dir, unused)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(files)) => {
+                    tracing::info!(dir = %cache_dir.display(), files, unused_for = ?unused, "retention: compiled components removed");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(dir = %cache_dir.display(), error = %e, "retention: cannot prune the compiled-component cache");
+                }
+                Err(e) => tracing::warn!(error = %e, "retention: cache pruning stopped"),
             }
         }
     }

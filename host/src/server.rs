@@ -238,6 +238,7 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         dispatcher.clone(),
         relay,
         manifest.retention,
+        manifest.host.cache_dir.clone(),
         shutdown.clone(),
     ));
     let addr = listener
