@@ -144,6 +144,16 @@ impl Broker {
     }
 }
 
+/// A host process, killed when dropped: a failing test leaves none running.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Produces a record and waits for its delivery report: its partition and offset.
 async fn deliver(producer: &FutureProducer, topic: &str, key: &str, value: &str) -> (i32, i64) {
     let delivery = producer
@@ -400,8 +410,8 @@ async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
     }
     // Every message received and every offset stored is in the hosts' logs.
     let logging = "info,switchyard::ingress::kafka=debug";
-    let mut first = spawn_host_logging(&project, "first", logging);
-    let mut second = spawn_host_logging(&project, "second", logging);
+    let mut first = Killed(spawn_host_logging(&project, "first", logging));
+    let mut second = Killed(spawn_host_logging(&project, "second", logging));
     // Produce once the hosts have created the topics and joined the group,
     // as a service producing to existing topics would: a produce racing the
     // topic's creation lets tansu auto-create it with its own partition
@@ -436,8 +446,8 @@ async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
         (applied().await >= 300).then_some(())
     })
     .await;
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
     let at_kill = applied().await;
     assert!(
         at_kill < total as i64,
@@ -489,8 +499,8 @@ async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
         );
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.0.kill().unwrap();
+    second.0.wait().unwrap();
     let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
     let values: Vec<(String,)> = sqlx::query_as(
         "SELECT value FROM documents WHERE module = 'inventory' AND collection = 'stock'",
