@@ -289,13 +289,20 @@ pub async fn try_query_count(db_url: &str, sql: &str) -> Result<i64, sqlx::Error
 /// A host as a user runs it: the `switchyard` binary (`up --no-build`), its
 /// log kept beside the test's database for a look when a test fails.
 pub fn spawn_host(project: &Project, name: &str) -> std::process::Child {
+    spawn_host_logging(project, name, "info")
+}
+
+/// [`spawn_host`] with `rust_log` as the host's `RUST_LOG`.
+pub fn spawn_host_logging(project: &Project, name: &str, rust_log: &str) -> std::process::Child {
     let log =
         std::fs::File::create(project.dir.path().join(format!("{name}.log"))).expect("log file");
     std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("--config")
         .arg(project.manifest_path())
         .args(["up", "--no-build", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", rust_log)
+        // Plain text: the tests search the logs.
+        .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()

@@ -316,6 +316,10 @@ async fn consume(
                 continue;
             }
         };
+        tracing::debug!(
+            module = %name, topic = message.topic(), partition = message.partition(),
+            offset = message.offset(), "kafka: received"
+        );
         let slot = (message.topic().to_string(), message.partition());
         let sender = partitions.entry(slot).or_insert_with(|| {
             // One worker per partition keeps that partition's order.
@@ -348,6 +352,24 @@ struct GroupLog {
 impl ClientContext for GroupLog {}
 
 impl ConsumerContext for GroupLog {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::debug!(module = %self.module, ?rebalance, "kafka: pre rebalance");
+    }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        let listed = offsets
+            .elements()
+            .iter()
+            .map(|e| format!("{}[{}]@{:?}", e.topic(), e.partition(), e.offset()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::debug!(module = %self.module, ?result, offsets = %listed, "kafka: committed");
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let listed = |list: &TopicPartitionList| {
             list.elements()
@@ -399,6 +421,22 @@ async fn subscribe(
     Ok(consumer)
 }
 
+/// Stores the offset after `message` (the next one to read) for the next
+/// commit. Not `Consumer::store_offset`: it calls librdkafka's legacy
+/// `rd_kafka_offset_store`, which itself adds 1 to the offset it is given, so
+/// passing `offset + 1` there committed one record too far and a member
+/// resuming from that commit (after a kill, a rebalance or a restart)
+/// skipped the record after the last one handled.
+fn store_next(consumer: &GroupConsumer, message: &OwnedMessage) -> Result<(), KafkaError> {
+    let mut next = TopicPartitionList::new();
+    next.add_partition_offset(
+        message.topic(),
+        message.partition(),
+        Offset::Offset(message.offset() + 1),
+    )?;
+    consumer.store_offsets(&next)
+}
+
 struct PartitionWorker {
     bus: Arc<KafkaBus>,
     dispatcher: Arc<Dispatcher>,
@@ -430,14 +468,19 @@ impl PartitionWorker {
                 }
                 tokio::time::sleep(STORE_RETRY).await;
             }
-            let stored = self.consumer.store_offset(
-                message.topic(),
-                message.partition(),
-                message.offset() + 1,
-            );
-            if let Err(e) = stored {
+            let stored = store_next(&self.consumer, &message);
+            match stored {
+                Ok(()) => tracing::debug!(
+                    module = %self.module, topic = message.topic(),
+                    partition = message.partition(), offset = message.offset() + 1,
+                    "kafka: offset stored"
+                ),
                 // The partition moved to another member; it will redeliver.
-                tracing::debug!(module = %self.module, error = %e, "offset not stored");
+                Err(e) => tracing::debug!(
+                    module = %self.module, topic = message.topic(),
+                    partition = message.partition(), offset = message.offset() + 1,
+                    error = %e, "kafka: offset not stored"
+                ),
             }
         }
     }
