@@ -146,7 +146,11 @@ mod tests {
         let day = Duration::from_secs(24 * 3600);
         file(dir.path(), "old-key.cwasm", day * 40);
         file(dir.path(), "recent-key.cwasm", day);
-        file(dir.path(), ".crashed-key.1.2.tmp", Duration::from_secs(7200));
+        file(
+            dir.path(),
+            ".crashed-key.1.2.tmp",
+            Duration::from_secs(7200),
+        );
         file(dir.path(), ".writing-key.1.3.tmp", Duration::from_secs(5));
         file(dir.path(), "notes.txt", day * 400);
         assert_eq!(prune(dir.path(), day * 30).unwrap(), 2);

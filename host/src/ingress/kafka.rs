@@ -199,6 +199,14 @@ impl KafkaBus {
                     Some(Offset::Offset(n)) => n,
                     _ => low,
                 };
+                if from > high {
+                    // A commit past the end skips records when a member
+                    // resumes from it: never clamp that away silently.
+                    tracing::warn!(
+                        %topic, partition = p, committed = from, high_watermark = high,
+                        %group, "kafka: committed offset is past the end of the partition"
+                    );
+                }
                 lag += u64::try_from(high - from).unwrap_or(0);
             }
             Ok(Some((topic, group, lag)))
