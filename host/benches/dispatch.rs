@@ -16,9 +16,10 @@ use anyhow::Context;
 use switchyard::dispatch::{Dispatcher, Outcome};
 use switchyard::engine::Engine;
 use switchyard::envelope::{self, Envelope};
-use switchyard::manifest::Manifest;
+use switchyard::manifest::{Manifest, OtlpProtocol, TelemetrySettings};
 use switchyard::registry::{Grants, LoadedModule, Registry};
 use switchyard::store::{Commit, Store, Write};
+use switchyard::telemetry::Telemetry;
 use switchyard::uow::UnitOfWork;
 
 const ROUNDS: usize = 5;
@@ -113,7 +114,60 @@ async fn run() -> anyhow::Result<()> {
             native_per.as_secs_f64() / wasm_per.as_secs_f64()
         );
     }
+
+    // The cost of `[telemetry]`: the same rounds with every handling's span
+    // exported over OTLP/HTTP to a local sink, against the same dispatcher
+    // without export, rounds interleaved.
+    let sink = otlp_sink().await?;
+    let telemetry = Telemetry::start(&TelemetrySettings {
+        otlp_endpoint: sink,
+        otlp_protocol: OtlpProtocol::HttpProtobuf,
+        service_name: "bench".into(),
+    })?;
+    let telemetry = Arc::new(telemetry);
+    let exporting = Arc::new(
+        Dispatcher::new(engine.clone(), store.clone(), dispatcher.registry.clone())
+            .with_telemetry(Some(telemetry.clone())),
+    );
+    let (mut plain, mut exported) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        round += 1;
+        plain.push(wasm_round(dispatcher.clone(), module.clone(), round, CONCURRENCY).await);
+        round += 1;
+        exported.push(wasm_round(exporting.clone(), module.clone(), round, CONCURRENCY).await);
+    }
+    plain.sort();
+    exported.sort();
+    let (plain, exported) = (plain[ROUNDS / 2], exported[ROUNDS / 2]);
+    println!("  {CONCURRENCY} in flight, OTLP span export on vs off:");
+    println!(
+        "    without export:                             {:>8.1} us/msg  {:>9.0} msgs/s",
+        plain.as_secs_f64() * 1e6,
+        1.0 / plain.as_secs_f64()
+    );
+    println!(
+        "    every span exported (http/protobuf):        {:>8.1} us/msg  {:>9.0} msgs/s",
+        exported.as_secs_f64() * 1e6,
+        1.0 / exported.as_secs_f64()
+    );
+    println!(
+        "    ratio with/without throughput:              {:>8.2}",
+        plain.as_secs_f64() / exported.as_secs_f64()
+    );
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     Ok(())
+}
+
+/// An OTLP/HTTP receiver that accepts and drops spans; its base URL.
+async fn otlp_sink() -> anyhow::Result<String> {
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(|_body: axum::body::Bytes| async { "" }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}"))
 }
 
 /// Median per-message time over `rounds` runs of `round` (each returns per-message time).
