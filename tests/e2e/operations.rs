@@ -938,7 +938,8 @@ async fn postgres_with_redis_message_states_replay_and_gauges() {
 
 #[tokio::test]
 async fn retention_prunes_the_inbox_and_the_read_log_so_an_old_id_is_new_again() {
-    let retention = "[retention]\ninbox = \"1s\"\noutbox = \"1s\"\nevery = \"1s\"\n";
+    // Two seconds: the duplicate check right after the first send stays inside the window.
+    let retention = "[retention]\ninbox = \"2s\"\noutbox = \"1s\"\nevery = \"1s\"\n";
     let project = Project::new(&["orders", "inventory"], &format!("{retention}{EXAMPLES}"));
     let host = project.start().await;
     let restock = json!({
