@@ -4,6 +4,12 @@
 //! are handled in order, different partitions concurrently; an offset is
 //! stored (and later committed) only after the message's unit of work
 //! committed or its failure was recorded.
+//!
+//! The consumer loop never waits for a worker: a partition whose worker's
+//! queue is full is paused (and resumed once it has drained to half), so the
+//! other partitions and the group's rebalances keep being served. Messages
+//! carry the epoch of their partition's assignment; a worker drops those of
+//! a partition revoked since, and never stores an offset for one.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
