@@ -855,10 +855,12 @@ async fn revoked_partitions_are_not_worked_on_by_their_former_owner() {
     three_partitions(&broker, "slow").await;
     let producer = broker.producer();
     let db = project.db_url();
-    let per_partition = 20usize;
+    // 16 s of work per partition: time for the second member to start and
+    // the group to rebalance, even on a loaded machine.
+    let per_partition = 40usize;
     for partition in 0..3 {
         for _ in 0..per_partition {
-            let value = envelope("slow", "spin", json!({"ms": 500}));
+            let value = envelope("slow", "spin", json!({"ms": 400}));
             deliver_to(&producer, "slow", partition, &value).await;
         }
     }
