@@ -163,6 +163,11 @@ pub struct KafkaSettings {
     /// Partitions of the topics the host creates.
     #[serde(default = "default_partitions")]
     pub partitions: u32,
+    /// Messages buffered per partition for its worker; a partition whose
+    /// buffer is full is paused (the others keep being read) until its
+    /// worker has handled half of them.
+    #[serde(default = "default_partition_queue")]
+    pub partition_queue: usize,
     /// librdkafka settings for every client (e.g. `security.protocol`).
     #[serde(default)]
     pub client: BTreeMap<String, String>,
@@ -289,6 +294,13 @@ fn default_service_name() -> String {
 
 fn default_partitions() -> u32 {
     3
+}
+
+/// `[kafka] partition-queue` when the manifest does not set it.
+pub const DEFAULT_PARTITION_QUEUE: usize = 256;
+
+fn default_partition_queue() -> usize {
+    DEFAULT_PARTITION_QUEUE
 }
 
 fn default_group() -> String {
@@ -476,6 +488,13 @@ impl Manifest {
             }
         }
 
+        if raw.kafka.as_ref().is_some_and(|k| k.partition_queue == 0) {
+            return Err(invalid(
+                "kafka.partition-queue".into(),
+                "must be at least 1".into(),
+            ));
+        }
+
         let retention = raw
             .retention
             .validate()
@@ -633,6 +652,20 @@ mod tests {
         assert_eq!(parse("").unwrap().host.max_connections, None);
         let err = parse("[host]\nmax-connections = 0\n").expect_err("must be refused");
         assert!(err.to_string().contains("host.max-connections"), "{err}");
+    }
+
+    #[test]
+    fn kafka_partition_queue_defaults_and_is_positive() {
+        let kafka = |extra: &str| parse(&format!("[kafka]\nbrokers = \"b:9092\"\n{extra}"));
+        let m = kafka("").unwrap();
+        assert_eq!(
+            m.kafka.map(|k| k.partition_queue),
+            Some(DEFAULT_PARTITION_QUEUE)
+        );
+        let m = kafka("partition-queue = 4\n").unwrap();
+        assert_eq!(m.kafka.map(|k| k.partition_queue), Some(4));
+        let err = kafka("partition-queue = 0\n").expect_err("must be refused");
+        assert!(err.to_string().contains("kafka.partition-queue"), "{err}");
     }
 
     #[test]

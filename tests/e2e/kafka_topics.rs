@@ -679,3 +679,232 @@ async fn kafka_consumer_lag_is_read_from_the_groups_committed_offsets() {
     assert_eq!(group.as_deref(), Some("test.slow"));
     host.stop().await;
 }
+
+/// Produces `value` to partition `partition` of `topic` (explicitly, so a
+/// test knows which partition each record is on).
+async fn deliver_to(producer: &FutureProducer, topic: &str, partition: i32, value: &str) {
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .partition(partition)
+                .key("k")
+                .payload(value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("delivered");
+}
+
+/// Waits until the host created `topic` with its 3 partitions.
+async fn three_partitions(broker: &Broker, topic: &str) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .create()
+        .expect("metadata client");
+    eventually(
+        &format!("{topic} has 3 partitions"),
+        Duration::from_secs(30),
+        || async {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(5))
+                .ok()?;
+            let count = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic && t.error().is_none())?
+                .partitions()
+                .len();
+            (count == 3).then_some(())
+        },
+    )
+    .await;
+}
+
+/// The `slow` module's inbox ids (`kafka:slow:<partition>:<offset>`), in the
+/// order they were applied (to the millisecond: records of one partition are
+/// at least 20 ms apart in these tests).
+async fn slow_applied(db: &str) -> Vec<(i32, i64)> {
+    let Ok(pool) = sqlx::SqlitePool::connect(db).await else {
+        return Vec::new();
+    };
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT message_id FROM inbox WHERE module = 'slow' ORDER BY julianday(created_at)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_default();
+    pool.close().await;
+    ids.iter()
+        .map(|id| {
+            let mut parts = id.rsplitn(3, ':');
+            let offset = parts.next().and_then(|o| o.parse().ok());
+            let partition = parts.next().and_then(|p| p.parse().ok());
+            (partition.expect(id), offset.expect(id))
+        })
+        .collect()
+}
+
+/// Each partition's records applied once each, in offset order.
+fn assert_in_order_once(applied: &[(i32, i64)], per_partition: &[(i32, usize)]) {
+    for (partition, count) in per_partition {
+        let offsets: Vec<i64> = applied
+            .iter()
+            .filter(|(p, _)| p == partition)
+            .map(|(_, o)| *o)
+            .collect();
+        let expected: Vec<i64> = (0..*count as i64).collect();
+        assert_eq!(
+            offsets, expected,
+            "slow[{partition}] applied once each, in order"
+        );
+    }
+}
+
+fn slow_project(broker: &Broker, partition_queue: Option<usize>) -> Project {
+    let mut section = broker.section();
+    if let Some(queue) = partition_queue {
+        section = section.replace(
+            "partitions = 3\n",
+            &format!("partitions = 3\npartition-queue = {queue}\n"),
+        );
+    }
+    Project::new(
+        &["slow"],
+        &format!("{section}[modules.slow]\nfile = \"slow.wasm\"\ntimeout-ms = 10000\n"),
+    )
+}
+
+/// A partition whose worker is behind (its queue of 2 full) is paused while
+/// the consumer keeps reading the other partitions: their records are
+/// applied while the stuck one still has most of its backlog. Once that is
+/// done, every record was applied once, each partition in order. (When a full
+/// queue blocked the consumer, the other partitions waited until the stuck
+/// one was down to its last three.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_behind_is_paused_and_the_others_keep_being_applied() {
+    use crate::operations::{handled, scrape};
+
+    let broker = Broker::start();
+    let project = slow_project(&broker, Some(2));
+    let host = project.start().await;
+    three_partitions(&broker, "slow").await;
+    let producer = broker.producer();
+    let db = project.db_url();
+    let stuck = 12usize;
+    for _ in 0..stuck {
+        let value = envelope("slow", "spin", json!({"ms": 1000}));
+        deliver_to(&producer, "slow", 0, &value).await;
+    }
+    // The host has read partition 0's backlog and is working through it.
+    eventually("slow[0] started", Duration::from_secs(30), || async {
+        (!slow_applied(&db).await.is_empty()).then_some(())
+    })
+    .await;
+    let quick = 5usize;
+    for partition in [1, 2] {
+        for _ in 0..quick {
+            let value = envelope("slow", "spin", json!({"ms": 20}));
+            deliver_to(&producer, "slow", partition, &value).await;
+        }
+    }
+    let applied = eventually(
+        "slow[1] and slow[2] applied",
+        Duration::from_secs(60),
+        || async {
+            let applied = slow_applied(&db).await;
+            let others = applied.iter().filter(|(p, _)| *p != 0).count();
+            (others == 2 * quick).then_some(applied)
+        },
+    )
+    .await;
+    let stuck_done = applied.iter().filter(|(p, _)| *p == 0).count();
+    assert!(
+        stuck_done <= stuck / 2,
+        "the other partitions waited for the stuck one: {stuck_done} of its {stuck} \
+         records were applied before theirs"
+    );
+
+    let applied = eventually("everything applied", Duration::from_secs(60), || async {
+        let applied = slow_applied(&db).await;
+        (applied.len() == stuck + 2 * quick).then_some(applied)
+    })
+    .await;
+    assert_in_order_once(&applied, &[(0, stuck), (1, quick), (2, quick)]);
+    let (_, samples) = scrape(&host).await;
+    assert_eq!(
+        handled(&samples, "slow", "slow", "processed"),
+        (stuck + 2 * quick) as f64
+    );
+    host.stop().await;
+}
+
+/// A second member joins while the first has a backlog on every partition:
+/// the partitions moved to it are not worked on by the first any more (the
+/// message in flight may finish; its offset is not stored, so the new owner
+/// handles it again and the inbox answers a duplicate). When every worker
+/// kept handling what it had queued after the revoke, each moved (or
+/// re-assigned) partition's remaining backlog ran twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_partitions_are_not_worked_on_by_their_former_owner() {
+    use crate::operations::{handled, scrape};
+
+    let broker = Broker::start();
+    let project = slow_project(&broker, None);
+    let first = project.start().await;
+    three_partitions(&broker, "slow").await;
+    let producer = broker.producer();
+    let db = project.db_url();
+    // 16 s of work per partition: time for the second member to start and
+    // the group to rebalance, even on a loaded machine.
+    let per_partition = 40usize;
+    for partition in 0..3 {
+        for _ in 0..per_partition {
+            let value = envelope("slow", "spin", json!({"ms": 400}));
+            deliver_to(&producer, "slow", partition, &value).await;
+        }
+    }
+    eventually(
+        "the first member working",
+        Duration::from_secs(30),
+        || async { (slow_applied(&db).await.len() >= 3).then_some(()) },
+    )
+    .await;
+    // Joining makes the group rebalance: some partitions move to it.
+    let second = project.start().await;
+    let total = 3 * per_partition;
+    let applied = eventually("everything applied", Duration::from_secs(120), || async {
+        let applied = slow_applied(&db).await;
+        (applied.len() == total).then_some(applied)
+    })
+    .await;
+    // What a former owner still had queued would be running now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let per_host = |samples: &crate::operations::Samples| {
+        (
+            handled(samples, "slow", "slow", "processed"),
+            handled(samples, "slow", "slow", "duplicate"),
+        )
+    };
+    let (first_processed, first_duplicates) = per_host(&scrape(&first).await.1);
+    let (second_processed, second_duplicates) = per_host(&scrape(&second).await.1);
+    assert!(
+        second_processed > 0.0,
+        "no partition moved to the second member before the backlog was done"
+    );
+    assert_eq!(first_processed + second_processed, total as f64);
+    // At most the message in flight on each of the 3 partitions per
+    // rebalance (the first member's revoke, perhaps one more round).
+    let duplicates = first_duplicates + second_duplicates;
+    assert!(
+        duplicates <= 6.0,
+        "{duplicates} records handled again after a rebalance \
+         (first: {first_duplicates}, second: {second_duplicates})"
+    );
+    assert_in_order_once(
+        &applied,
+        &[(0, per_partition), (1, per_partition), (2, per_partition)],
+    );
+    first.stop().await;
+    second.stop().await;
+}

@@ -4,8 +4,14 @@
 //! are handled in order, different partitions concurrently; an offset is
 //! stored (and later committed) only after the message's unit of work
 //! committed or its failure was recorded.
+//!
+//! The consumer loop never waits for a worker: a partition whose worker's
+//! queue is full is paused (and resumed once it has drained to half), so the
+//! other partitions and the group's rebalances keep being served. Messages
+//! carry the epoch of their partition's assignment; a worker drops those of
+//! a partition revoked since, and never stores an offset for one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +26,9 @@ use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Notify;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,8 +41,6 @@ use crate::registry::LoadedModule;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Metadata requests (readiness, topic creation) give up after this long.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
-/// Messages buffered per partition before the consumer waits (backpressure).
-const PARTITION_QUEUE: usize = 256;
 /// Pause before handling a message again after the store failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -310,12 +316,32 @@ async fn consume(
             }
         }
     };
-    let mut partitions: HashMap<(String, i32), mpsc::Sender<OwnedMessage>> = HashMap::new();
-    loop {
+    let queue = bus.settings.partition_queue.max(1);
+    let ownership = consumer.context().ownership.clone();
+    // Workers say when their queue has drained, so held messages move on.
+    let drained = Arc::new(Notify::new());
+    let mut partitions: HashMap<Partition, Slot> = HashMap::new();
+    // Rebalances seen by the loop (see `Ownership::changes`).
+    let mut seen_changes = 0u64;
+    'poll: loop {
+        let holding = partitions.values().any(|s| !s.held.is_empty());
         let message = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = drained.notified(), if holding => {
+                if !refill(&consumer, &ownership, &name, &mut partitions, queue) {
+                    break;
+                }
+                continue;
+            }
             m = consumer.recv() => m.map(|m| m.detach()),
         };
+        // Rebalance callbacks run inside `recv`: forget what was held for
+        // partitions that were revoked (they are read again by their owner).
+        let changes = ownership.lock().changes;
+        if changes != seen_changes {
+            seen_changes = changes;
+            forget_revoked(&ownership, &name, &mut partitions);
+        }
         let message = match message {
             Ok(m) => m,
             Err(e) => {
@@ -328,21 +354,53 @@ async fn consume(
             module = %name, topic = message.topic(), partition = message.partition(),
             offset = message.offset(), "kafka: received"
         );
-        let slot = (message.topic().to_string(), message.partition());
-        let sender = partitions.entry(slot).or_insert_with(|| {
+        let key = (message.topic().to_string(), message.partition());
+        let Some(epoch) = ownership.lock().epoch(&key) else {
+            // Not ours (any more): whoever owns it reads it from the commit.
+            tracing::debug!(
+                module = %name, topic = message.topic(), partition = message.partition(),
+                offset = message.offset(), "kafka: dropped, partition not assigned"
+            );
+            continue;
+        };
+        let slot = partitions.entry(key.clone()).or_insert_with(|| {
             // One worker per partition keeps that partition's order.
-            let (tx, rx) = mpsc::channel(PARTITION_QUEUE);
+            let (tx, rx) = mpsc::channel(queue);
             let worker = PartitionWorker {
                 bus: bus.clone(),
                 dispatcher: dispatcher.clone(),
                 consumer: consumer.clone(),
+                ownership: ownership.clone(),
+                drained: drained.clone(),
                 module: name.clone(),
             };
-            tracker.spawn(worker.run(rx, shutdown.clone()));
-            tx
+            tracker.spawn(worker.run(rx, queue, shutdown.clone()));
+            Slot {
+                sender: tx,
+                epoch,
+                held: VecDeque::new(),
+            }
         });
-        if sender.send(message).await.is_err() {
-            break;
+        if slot.epoch != epoch {
+            // Reassigned since: what was held belongs to the old assignment.
+            slot.held.clear();
+            slot.epoch = epoch;
+        }
+        let job = Job { epoch, message };
+        if !slot.held.is_empty() {
+            // Paused, but fetched before the pause took effect: keep the order.
+            slot.held.push_back(job);
+            continue;
+        }
+        match slot.sender.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                // The worker is behind: stop fetching this partition and keep
+                // polling for the others (and for the group's rebalances).
+                slot.held.push_back(job);
+                pause_or_resume(&consumer, &name, &key, true);
+            }
+            Err(TrySendError::Closed(_)) => break 'poll,
         }
     }
     drop(partitions);
@@ -352,9 +410,145 @@ async fn consume(
     }
 }
 
-/// Says in the log which partitions a module's consumer gains and loses.
+/// A topic and partition.
+type Partition = (String, i32);
+
+/// A message and the assignment (epoch) of its partition it was read under.
+struct Job {
+    epoch: u64,
+    message: OwnedMessage,
+}
+
+/// The consumer loop's side of one partition's worker.
+struct Slot {
+    sender: mpsc::Sender<Job>,
+    /// The assignment the held messages were read under.
+    epoch: u64,
+    /// Read while the worker's queue was full, in order; while any is held,
+    /// the partition is paused.
+    held: VecDeque<Job>,
+}
+
+/// Moves held messages to workers whose queue drained to half or less, and
+/// resumes the partitions with nothing held any more. False when a worker
+/// stopped (its module was unloaded).
+fn refill(
+    consumer: &GroupConsumer,
+    ownership: &SharedOwnership,
+    module: &str,
+    partitions: &mut HashMap<Partition, Slot>,
+    queue: usize,
+) -> bool {
+    for (key, slot) in partitions.iter_mut() {
+        if slot.held.is_empty() {
+            continue;
+        }
+        if ownership.lock().epoch(key) != Some(slot.epoch) {
+            // Revoked: the new owner (maybe this member again) reads these.
+            slot.held.clear();
+            continue;
+        }
+        let queued = slot.sender.max_capacity() - slot.sender.capacity();
+        if queued > queue / 2 {
+            continue;
+        }
+        while let Some(job) = slot.held.pop_front() {
+            match slot.sender.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job)) => {
+                    slot.held.push_front(job);
+                    break;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        if slot.held.is_empty() {
+            pause_or_resume(consumer, module, key, false);
+        }
+    }
+    true
+}
+
+/// Drops what is held for partitions no longer assigned under the same
+/// epoch. Their pause needs no undoing: a partition assigned again is
+/// resumed by `GroupLog::post_rebalance`.
+fn forget_revoked(
+    ownership: &SharedOwnership,
+    module: &str,
+    partitions: &mut HashMap<Partition, Slot>,
+) {
+    let owned = ownership.lock();
+    for ((topic, partition), slot) in partitions.iter_mut() {
+        let key = (topic.clone(), *partition);
+        if !slot.held.is_empty() && owned.epoch(&key) != Some(slot.epoch) {
+            tracing::debug!(
+                module,
+                topic,
+                partition,
+                held = slot.held.len(),
+                "kafka: partition revoked while paused; held messages dropped"
+            );
+            slot.held.clear();
+        }
+    }
+}
+
+fn pause_or_resume(consumer: &GroupConsumer, module: &str, key: &Partition, pause: bool) {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(&key.0, key.1);
+    let result = if pause {
+        consumer.pause(&list)
+    } else {
+        consumer.resume(&list)
+    };
+    match result {
+        Ok(()) => tracing::debug!(
+            module, topic = %key.0, partition = key.1, pause,
+            "kafka: partition {}", if pause { "paused, its worker is behind" } else { "resumed" }
+        ),
+        Err(e) => tracing::warn!(
+            module, topic = %key.0, partition = key.1, pause, error = %e,
+            "kafka: cannot pause or resume a partition"
+        ),
+    }
+}
+
+/// The partitions this member owns, as the rebalance callbacks say, each
+/// with the epoch of its assignment: messages carry the epoch they were read
+/// under, and a worker neither handles nor stores the offset of a message of
+/// an assignment that has ended (its partition is read again by the owner,
+/// from the committed offset).
+#[derive(Default)]
+struct Ownership {
+    epochs: HashMap<Partition, u64>,
+    next_epoch: u64,
+    /// Counts rebalances, so the consumer loop notices one cheaply.
+    changes: u64,
+}
+
+impl Ownership {
+    fn epoch(&self, key: &Partition) -> Option<u64> {
+        self.epochs.get(key).copied()
+    }
+}
+
+/// Shared by the rebalance callbacks (run inside `recv`, on the consumer
+/// loop's task) and the workers; held only for map updates and for
+/// `store_offsets` (which does not wait on the poll), never across an await.
+#[derive(Clone, Default)]
+struct SharedOwnership(Arc<std::sync::Mutex<Ownership>>);
+
+impl SharedOwnership {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ownership> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Tracks which partitions a module's consumer owns, and says in the log
+/// which it gains and loses.
 struct GroupLog {
     module: String,
+    ownership: SharedOwnership,
 }
 
 impl ClientContext for GroupLog {}
@@ -362,6 +556,20 @@ impl ClientContext for GroupLog {}
 impl ConsumerContext for GroupLog {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         tracing::debug!(module = %self.module, ?rebalance, "kafka: pre rebalance");
+        // Before librdkafka unassigns (and commits what was stored): from
+        // here on, workers store nothing more for these partitions.
+        let mut owned = self.ownership.lock();
+        owned.changes += 1;
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                for e in list.elements() {
+                    owned.epochs.remove(&(e.topic().to_string(), e.partition()));
+                }
+            }
+            // rdkafka unassigns everything after a failed rebalance.
+            Rebalance::Error(_) => owned.epochs.clear(),
+            Rebalance::Assign(_) => {}
+        }
     }
 
     fn commit_callback(
@@ -378,7 +586,7 @@ impl ConsumerContext for GroupLog {
         tracing::debug!(module = %self.module, ?result, offsets = %listed, "kafka: committed");
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let listed = |list: &TopicPartitionList| {
             list.elements()
                 .iter()
@@ -388,6 +596,24 @@ impl ConsumerContext for GroupLog {
         };
         match rebalance {
             Rebalance::Assign(list) => {
+                {
+                    let mut owned = self.ownership.lock();
+                    owned.changes += 1;
+                    for e in list.elements() {
+                        let epoch = owned.next_epoch;
+                        owned.next_epoch += 1;
+                        owned
+                            .epochs
+                            .insert((e.topic().to_string(), e.partition()), epoch);
+                    }
+                }
+                // librdkafka keeps a pause across unassign and assign: a
+                // partition paused under its last assignment starts afresh
+                // (from the committed offset) under this one. Resuming one
+                // that is not paused does nothing.
+                if let Err(e) = consumer.resume(list) {
+                    tracing::warn!(module = %self.module, error = %e, "kafka: cannot resume assigned partitions");
+                }
                 tracing::info!(module = %self.module, partitions = %listed(list), "kafka: partitions assigned");
             }
             Rebalance::Revoke(list) => {
@@ -421,6 +647,7 @@ async fn subscribe(
     }
     let consumer: GroupConsumer = config.create_with_context(GroupLog {
         module: module.to_string(),
+        ownership: SharedOwnership::default(),
     })?;
     let names: Vec<String> = topics.iter().map(|t| bus.topic(t)).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -449,12 +676,18 @@ struct PartitionWorker {
     bus: Arc<KafkaBus>,
     dispatcher: Arc<Dispatcher>,
     consumer: Arc<GroupConsumer>,
+    ownership: SharedOwnership,
+    drained: Arc<Notify>,
     module: String,
 }
 
 impl PartitionWorker {
-    async fn run(self, mut rx: mpsc::Receiver<OwnedMessage>, shutdown: CancellationToken) {
-        while let Some(message) = rx.recv().await {
+    async fn run(self, mut rx: mpsc::Receiver<Job>, queue: usize, shutdown: CancellationToken) {
+        'messages: while let Some(Job { epoch, message }) = rx.recv().await {
+            if rx.len() <= queue / 2 {
+                // A paused partition may take more (see `refill`).
+                self.drained.notify_one();
+            }
             // The module may have been swapped since: use the current version.
             let Some(module) = self
                 .dispatcher
@@ -471,19 +704,46 @@ impl PartitionWorker {
                 if shutdown.is_cancelled() {
                     return;
                 }
+                if !self.owns(&message, epoch) {
+                    // Revoked: the partition's owner reads it again from
+                    // the committed offset; handling it here would run it
+                    // twice at once.
+                    tracing::debug!(
+                        module = %self.module, topic = message.topic(),
+                        partition = message.partition(), offset = message.offset(),
+                        "kafka: dropped, partition revoked"
+                    );
+                    continue 'messages;
+                }
                 if self.handle(&module, &message).await {
                     break;
                 }
                 tokio::time::sleep(STORE_RETRY).await;
             }
-            let stored = store_next(&self.consumer, &message);
+            let stored = {
+                // Under the lock, so a revoke cannot slip in between the
+                // check and the store.
+                let owned = self.ownership.lock();
+                if owned.epoch(&(message.topic().to_string(), message.partition())) == Some(epoch) {
+                    store_next(&self.consumer, &message).map(|()| true)
+                } else {
+                    Ok(false)
+                }
+            };
             match stored {
-                Ok(()) => tracing::debug!(
+                Ok(true) => tracing::debug!(
                     module = %self.module, topic = message.topic(),
                     partition = message.partition(), offset = message.offset() + 1,
                     "kafka: offset stored"
                 ),
-                // The partition moved to another member; it will redeliver.
+                // Handled while the partition was revoked: an older offset
+                // than the new owner's must not be committed; it redelivers
+                // this one, which the inbox answers as a duplicate.
+                Ok(false) => tracing::debug!(
+                    module = %self.module, topic = message.topic(),
+                    partition = message.partition(), offset = message.offset() + 1,
+                    "kafka: offset not stored, partition revoked"
+                ),
                 Err(e) => tracing::debug!(
                     module = %self.module, topic = message.topic(),
                     partition = message.partition(), offset = message.offset() + 1,
@@ -491,6 +751,12 @@ impl PartitionWorker {
                 ),
             }
         }
+    }
+
+    /// Whether the message's partition is still assigned as it was when read.
+    fn owns(&self, message: &OwnedMessage, epoch: u64) -> bool {
+        let key = (message.topic().to_string(), message.partition());
+        self.ownership.lock().epoch(&key) == Some(epoch)
     }
 
     /// Handles one message; false when it must be tried again (nothing recorded).
