@@ -75,11 +75,7 @@ async fn run() -> anyhow::Result<()> {
         "dispatch benchmark: inventory/restock, {MESSAGES} messages per round, median of {ROUNDS} rounds"
     );
     let bare = median(ROUNDS, || bare_call(&engine, &module)).await;
-    println!(
-        "  bare instantiate + handle (no store call):   {:>8.1} us/msg  {:>9.0} msgs/s",
-        bare.as_secs_f64() * 1e6,
-        1.0 / bare.as_secs_f64()
-    );
+    print_rate("  bare instantiate + handle (no store call):   ", bare);
     print_breakdown(&engine, &module).await;
     if std::env::var_os("DISPATCH_BENCH_ONLY_BARE").is_some() {
         // For profiling the sandbox alone (`perf record`).
@@ -99,15 +95,10 @@ async fn run() -> anyhow::Result<()> {
         })
         .await;
         println!("  {label}:");
-        println!(
-            "    wasm module, fresh instance, SQLite commit: {:>8.1} us/msg  {:>9.0} msgs/s",
-            wasm_per.as_secs_f64() * 1e6,
-            1.0 / wasm_per.as_secs_f64()
-        );
-        println!(
-            "    native function, same store and rows:       {:>8.1} us/msg  {:>9.0} msgs/s",
-            native_per.as_secs_f64() * 1e6,
-            1.0 / native_per.as_secs_f64()
+        print_rate("    wasm module, fresh instance, SQLite commit: ", wasm_per);
+        print_rate(
+            "    native function, same store and rows:       ",
+            native_per,
         );
         println!(
             "    ratio wasm/native throughput:              {:>8.2}",
@@ -140,22 +131,23 @@ async fn run() -> anyhow::Result<()> {
     exported.sort();
     let (plain, exported) = (plain[ROUNDS / 2], exported[ROUNDS / 2]);
     println!("  {CONCURRENCY} in flight, OTLP span export on vs off:");
-    println!(
-        "    without export:                             {:>8.1} us/msg  {:>9.0} msgs/s",
-        plain.as_secs_f64() * 1e6,
-        1.0 / plain.as_secs_f64()
-    );
-    println!(
-        "    every span exported (http/protobuf):        {:>8.1} us/msg  {:>9.0} msgs/s",
-        exported.as_secs_f64() * 1e6,
-        1.0 / exported.as_secs_f64()
-    );
+    print_rate("    without export:                             ", plain);
+    print_rate("    every span exported (http/protobuf):        ", exported);
     println!(
         "    ratio with/without throughput:              {:>8.2}",
         plain.as_secs_f64() / exported.as_secs_f64()
     );
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     Ok(())
+}
+
+/// One figure as per-message time and rate; `label` pads the columns.
+fn print_rate(label: &str, per_message: Duration) {
+    println!(
+        "{label}{:>8.1} us/msg  {:>9.0} msgs/s",
+        per_message.as_secs_f64() * 1e6,
+        1.0 / per_message.as_secs_f64()
+    );
 }
 
 /// An OTLP/HTTP receiver that accepts and drops spans; its base URL.

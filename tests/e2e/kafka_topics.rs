@@ -83,6 +83,14 @@ impl Broker {
         )
     }
 
+    /// A project with the example modules consuming from this broker.
+    fn examples(&self) -> Project {
+        Project::new(
+            &["orders", "inventory"],
+            &format!("{}{EXAMPLES}", self.section()),
+        )
+    }
+
     fn producer(&self) -> FutureProducer {
         ClientConfig::new()
             .set("bootstrap.servers", &self.address)
@@ -181,10 +189,7 @@ fn envelope(topic: &str, subtopic: &str, body: serde_json::Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saga_driven_by_producing_to_kafka() {
     let broker = Broker::start();
-    let project = Project::new(
-        &["orders", "inventory"],
-        &format!("{}{EXAMPLES}", broker.section()),
-    );
+    let project = broker.examples();
     let host = project.start().await;
     let producer = broker.producer();
 
@@ -240,10 +245,7 @@ async fn saga_driven_by_producing_to_kafka() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_value_lands_in_the_dlq_topic_and_the_consumer_keeps_going() {
     let broker = Broker::start();
-    let project = Project::new(
-        &["orders", "inventory"],
-        &format!("{}{EXAMPLES}", broker.section()),
-    );
+    let project = broker.examples();
     let host = project.start().await;
     let producer = broker.producer();
     broker
@@ -329,10 +331,7 @@ async fn kiwis(host: &TestHost) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_committed_offset_is_the_record_after_the_last_applied_one() {
     let broker = Broker::start();
-    let project = Project::new(
-        &["orders", "inventory"],
-        &format!("{}{EXAMPLES}", broker.section()),
-    );
+    let project = broker.examples();
     let producer = broker.producer();
     let restock = envelope("inventory", "restock", json!({"sku": "kiwi", "qty": 1}));
     let host = project.start().await;
@@ -391,10 +390,7 @@ async fn the_committed_offset_is_the_record_after_the_last_applied_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
     let broker = Broker::start();
-    let project = Project::new(
-        &["orders", "inventory"],
-        &format!("{}{EXAMPLES}", broker.section()),
-    );
+    let project = broker.examples();
     let producer = broker.producer();
     let total = 3_000usize;
     let skus = ["a", "b", "c", "d", "e", "f"];
