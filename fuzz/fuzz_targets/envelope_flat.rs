@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard::envelope::Envelope;
+use switchyard_model::envelope::Envelope;
 
 fuzz_target!(|text: &str| {
     let mut lines = text.split('\n');

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard::envelope::Envelope;
+use switchyard_model::envelope::Envelope;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(envelope) = Envelope::from_json(data, || "generated".to_string()) else {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchyard::manifest::Manifest;
+use switchyard_model::manifest::Manifest;
 
 fuzz_target!(|text: &str| {
     let path = std::path::Path::new("/fuzz/plugins.toml");

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use switchyard::dispatch::{Dispatcher, Outcome};
-use switchyard::engine::Engine;
+use switchyard::dispatch::Dispatcher;
 use switchyard::envelope::{self, Envelope};
 use switchyard::manifest::{Manifest, OtlpProtocol, TelemetrySettings};
+use switchyard::outcome::Outcome;
 use switchyard::registry::{Grants, LoadedModule, Registry};
+use switchyard::sandbox::engine::Engine;
+use switchyard::sandbox::uow::UnitOfWork;
 use switchyard::store::{Commit, Store, Write};
 use switchyard::telemetry::Telemetry;
-use switchyard::uow::UnitOfWork;
 
 const ROUNDS: usize = 5;
 const MESSAGES: usize = 2_000;
@@ -179,7 +180,7 @@ where
 /// Fresh store + instance + `handle` of a message the module refuses at once
 /// (unknown subtopic): the sandbox cost without any repository call.
 async fn bare_call(engine: &Engine, module: &LoadedModule) -> Duration {
-    let message = switchyard::engine::bindings::switchyard::module::types::Envelope {
+    let message = switchyard::sandbox::bindings::switchyard::module::types::Envelope {
         id: "bench".into(),
         topic: "inventory".into(),
         subtopic: "nothing".into(),
@@ -261,7 +262,7 @@ async fn print_breakdown(engine: &Engine, module: &LoadedModule) {
 }
 
 async fn phases(engine: &Engine, module: &LoadedModule) -> Phases {
-    let message = switchyard::engine::bindings::switchyard::module::types::Envelope {
+    let message = switchyard::sandbox::bindings::switchyard::module::types::Envelope {
         id: "bench".into(),
         topic: "inventory".into(),
         subtopic: "nothing".into(),

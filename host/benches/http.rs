@@ -70,7 +70,7 @@ async fn run() -> anyhow::Result<()> {
         subscribes = [\"inventory.events\"]\nemits = [\"orders.events\"]\nreads = [\"inventory\"]\n";
     std::fs::write(project.path().join("plugins.toml"), manifest_text)?;
     let manifest = Manifest::load(&project.path().join("plugins.toml"))?;
-    let host = switchyard::server::start(
+    let host = switchyard::app::server::start(
         manifest,
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     )

@@ -146,7 +146,7 @@ async fn run() -> anyhow::Result<()> {
     let manifest = Manifest::load(&dir.path().join("plugins.toml"))?;
     let db = manifest.host.database.clone();
     let host_start = Instant::now();
-    let host = switchyard::server::start(
+    let host = switchyard::app::server::start(
         manifest,
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     )

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
-use switchyard::dispatch::Outcome;
-use switchyard::engine::Engine;
 use switchyard::envelope::{self, Envelope};
 use switchyard::manifest::Manifest;
+use switchyard::outcome::Outcome;
 use switchyard::registry::Registry;
+use switchyard::sandbox::engine::Engine;
 
 const SWAPS: usize = 20;
 const RESTARTS: usize = 5;
@@ -99,7 +99,7 @@ async fn run() -> anyhow::Result<()> {
     restarts(&manifest, &wasm).await?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let host = switchyard::server::start(manifest, listener).await?;
+    let host = switchyard::app::server::start(manifest, listener).await?;
     let versions: Vec<Vec<u8>> = (0..SWAPS)
         .map(|i| variant(&wasm, &format!("v{i}")))
         .collect();
@@ -119,7 +119,7 @@ async fn run() -> anyhow::Result<()> {
 
 /// Renames `bytes` into place and waits for the first message it serves.
 async fn swap(
-    host: &switchyard::server::Host,
+    host: &switchyard::app::server::Host,
     plugins: &Path,
     bytes: &[u8],
     n: u64,

@@ -127,7 +127,7 @@ async fn run() -> anyhow::Result<()> {
     let db = manifest.host.database.clone();
     preload(&mut conn, &format!("{prefix}inventory"), n, 0).await?;
     let start = Instant::now();
-    let host = switchyard::server::start(
+    let host = switchyard::app::server::start(
         manifest,
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     )

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::manifest::Manifest;
+use switchyard_model::manifest::Manifest;
 
 /// The target every module is built for.
 pub const WASM_TARGET: &str = "wasm32-wasip2";

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::builder;
-use crate::engine::Engine;
-use crate::envelope::{self, Envelope};
+use crate::broker::Broker;
 #[cfg(feature = "kafka")]
-use crate::ingress::kafka::KafkaBus;
-use crate::ingress::redis::RedisBus;
+use crate::broker::kafka::KafkaBus;
+use crate::broker::redis::RedisBus;
+use crate::builder;
 use crate::lint::{self, Severity};
-use crate::manifest::Manifest;
 use crate::registry::Registry;
-use crate::relay::Broker;
+use crate::sandbox::engine::Engine;
+use switchyard_model::envelope::{self, Envelope};
+use switchyard_model::manifest::Manifest;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -147,7 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("binding {addr}"))?;
-            crate::server::run(manifest, listener, shutdown_signal()).await?;
+            crate::app::server::run(manifest, listener, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Build => {
@@ -472,7 +472,7 @@ async fn lint_modules(
     }
     for m in routes.modules.values() {
         let Some(entry) = &m.entry else { continue };
-        let probe = Arc::new(crate::registry::Grants {
+        let probe = Arc::new(switchyard_model::grants::Grants {
             name: m.name.clone(),
             ..Default::default()
         });

@@ -25,23 +25,21 @@
 //! - [`metrics`]: the Prometheus series of `/metrics`;
 //! - [`server`]: wiring and shutdown; [`cli`]: the command line.
 
+pub mod app;
+pub mod backoff;
+pub mod broker;
 pub mod builder;
-pub mod cache;
-pub mod capabilities;
 pub mod cli;
 pub mod dispatch;
-pub mod engine;
-pub mod envelope;
 pub mod ingress;
 pub mod lint;
-pub mod manifest;
 pub mod metrics;
 pub mod registry;
 pub mod relay;
-pub mod retention;
-pub mod server;
-pub mod store;
+pub mod sandbox;
 pub mod telemetry;
-pub mod trace;
-pub mod uow;
-pub mod watch;
+
+// The model crate's modules, under the names they had when they lived here.
+pub use switchyard_model::{envelope, grants, manifest, outcome, trace};
+/// The store crate, under the name it had when it lived here.
+pub use switchyard_store as store;

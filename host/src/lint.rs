@@ -8,7 +8,7 @@ use std::fmt;
 
 use wasmparser::{ComponentTypeRef, Encoding, Parser, Payload};
 
-use crate::manifest::ModuleEntry;
+use switchyard_model::manifest::ModuleEntry;
 
 /// The WIT the host was built with; its `package` line is the version a
 /// module must be built against.

@@ -1,6 +1,7 @@
 //! Prometheus metrics of one host: the names of the series (all prefixed
-//! `switchyard_`), the helpers that record them, and the scrape that
-//! refreshes the gauges read from the store and the brokers.
+//! `switchyard_`) and the helpers that record them. The scrape that
+//! refreshes the gauges read from the store and the brokers is
+//! `ingress::scrape`.
 //!
 //! Each host owns its recorder (no global one), so hosts in one process, as
 //! in the tests, keep their own figures. `docs/operations.md` lists the
@@ -13,9 +14,7 @@ use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 
-use crate::dispatch::{Dispatcher, FailureKind, Outcome};
-use crate::ingress::embedded;
-use crate::relay::Broker;
+use switchyard_model::outcome::{FailureKind, Outcome};
 
 /// Messages whose handling ended, by `module`, `topic` and `outcome`.
 pub const MESSAGES_HANDLED: &str = "switchyard_messages_handled_total";
@@ -339,71 +338,6 @@ impl Metrics {
         self.recorder
             .register_histogram(&Key::from_parts(name, labels), &METADATA)
     }
-}
-
-/// Refreshes the gauges read on scrape (modules, outbox backlog, consumer
-/// lag) and renders every series. A store or broker that does not answer
-/// leaves its gauges as they were (and says so in the log): a scrape never
-/// fails because a dependency is down.
-pub async fn scrape(dispatcher: &Dispatcher, brokers: &[Broker]) -> String {
-    let metrics = &dispatcher.registry.metrics;
-    let routes = dispatcher.registry.routes();
-    metrics.set_modules(routes.modules.len(), routes.problems.len());
-    for module in routes.modules.values() {
-        let peak = module
-            .stats
-            .peak_memory
-            .load(std::sync::atomic::Ordering::Relaxed);
-        metrics.set_guest_memory(&module.name, peak);
-    }
-    let store = &dispatcher.store;
-    if brokers.is_empty() {
-        // The embedded log: the outbox is the log itself (nothing is ever
-        // "published"); what counts is how far each module's reader is.
-        for module in routes.modules.values() {
-            let consumer = embedded::consumer_name(&module.name);
-            match store.log_lag(&consumer, &module.consumed_topics()).await {
-                Ok(lags) => {
-                    for (topic, lag) in lags {
-                        metrics.set_lag(&topic, &consumer, lag);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(module = %module.name, error = %e, "metrics: cannot read the log lag")
-                }
-            }
-        }
-        return metrics.render();
-    }
-    match store.outbox_backlog().await {
-        Ok(b) => metrics.set_outbox(b.entries, b.oldest_age.unwrap_or_default()),
-        Err(e) => tracing::warn!(error = %e, "metrics: cannot read the outbox backlog"),
-    }
-    for broker in brokers {
-        for module in routes.modules.values() {
-            for topic in module.consumed_topics() {
-                let lag = match broker {
-                    Broker::Redis(bus) => bus
-                        .group_lag(&module.name, &topic)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    #[cfg(feature = "kafka")]
-                    Broker::Kafka(bus) => bus
-                        .group_lag(&module.name, &topic)
-                        .await
-                        .map_err(|e| e.to_string()),
-                };
-                match lag {
-                    Ok(Some((stream, group, lag))) => metrics.set_lag(&stream, &group, lag),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(broker = broker.name(), %topic, error = %e, "metrics: cannot read the consumer lag");
-                    }
-                }
-            }
-        }
-    }
-    metrics.render()
 }
 
 #[cfg(test)]

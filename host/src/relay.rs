@@ -12,49 +12,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::Envelope;
-#[cfg(feature = "kafka")]
-use crate::ingress::kafka::KafkaBus;
-use crate::ingress::redis::RedisBus;
-use crate::store::Store;
-
-/// Where committed events go when a broker is configured.
-#[derive(Clone)]
-pub enum Broker {
-    Redis(Arc<RedisBus>),
-    #[cfg(feature = "kafka")]
-    Kafka(Arc<KafkaBus>),
-}
-
-impl Broker {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Broker::Redis(_) => "redis",
-            #[cfg(feature = "kafka")]
-            Broker::Kafka(_) => "kafka",
-        }
-    }
-
-    /// Appends envelopes to their topics; returns once the broker has them.
-    pub async fn append(&self, envelopes: &[Envelope]) -> Result<(), String> {
-        match self {
-            Broker::Redis(bus) => bus.append(envelopes).await.map_err(|e| e.to_string()),
-            #[cfg(feature = "kafka")]
-            Broker::Kafka(bus) => bus
-                .append(envelopes)
-                .await
-                .map_err(|e| format!("kafka: {e}")),
-        }
-    }
-
-    pub async fn ping(&self) -> bool {
-        match self {
-            Broker::Redis(bus) => bus.ping().await,
-            #[cfg(feature = "kafka")]
-            Broker::Kafka(bus) => bus.ping().await,
-        }
-    }
-}
+use crate::backoff::Backoff;
+use crate::broker::Broker;
+use switchyard_store::Store;
 
 /// Events published per round trip.
 const BATCH: u32 = 256;
@@ -64,7 +24,7 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
 pub async fn run(store: Store, broker: Broker, appended: Arc<Notify>, shutdown: CancellationToken) {
-    let mut retry = FIRST_RETRY;
+    let mut backoff = Backoff::new(FIRST_RETRY, MAX_RETRY);
     let mut failing = false;
     while !shutdown.is_cancelled() {
         let woken = appended.notified();
@@ -103,17 +63,15 @@ pub async fn run(store: Store, broker: Broker, appended: Arc<Notify>, shutdown: 
                     tracing::info!("outbox relay: publishing again");
                     failing = false;
                 }
-                retry = FIRST_RETRY;
+                backoff.reset();
                 tracing::trace!(count = n, "outbox relay: published");
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?retry, "outbox relay: cannot publish; events stay in the outbox");
+                tracing::warn!(error = %e, "outbox relay: cannot publish; events stay in the outbox");
                 failing = true;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(retry) => {}
+                if !backoff.wait(&shutdown).await {
+                    return;
                 }
-                retry = (retry * 2).min(MAX_RETRY);
             }
         }
     }

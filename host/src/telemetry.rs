@@ -23,10 +23,10 @@ use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
-use crate::dispatch::Outcome;
-use crate::envelope::Envelope;
-use crate::manifest::{OtlpProtocol, TelemetrySettings};
-use crate::trace;
+use switchyard_model::envelope::Envelope;
+use switchyard_model::manifest::{OtlpProtocol, TelemetrySettings};
+use switchyard_model::outcome::Outcome;
+use switchyard_model::trace;
 
 /// How long shutdown waits for the last batch to reach the collector.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);

@@ -177,7 +177,9 @@ async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
 
     let manifest = switchyard::manifest::Manifest::load(&manifest).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host = switchyard::server::start(manifest, listener).await.unwrap();
+    let host = switchyard::app::server::start(manifest, listener)
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
     let url = format!("http://{}/v1/topics/demo/create", host.addr());
     let response = client

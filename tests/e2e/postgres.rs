@@ -128,7 +128,7 @@ impl HostProcess {
             .arg("--config")
             .arg(manifest)
             .args(["up", "--no-build"])
-            .env("RUST_LOG", "warn,switchyard::server=info")
+            .env("RUST_LOG", "warn,switchyard::app::server=info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use switchyard::app::server::Host;
 use switchyard::manifest::Manifest;
-use switchyard::server::Host;
 
 pub const ADMIN_TOKEN_ENV: &str = "SWITCHYARD_TEST_ADMIN_TOKEN";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -121,7 +121,7 @@ impl Project {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let host = switchyard::server::start(manifest, listener)
+        let host = switchyard::app::server::start(manifest, listener)
             .await
             .expect("host starts");
         TestHost {

@@ -8,19 +8,23 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dispatch::{Dispatcher, FailureKind, Outcome};
+use super::consumer::{self, Settle};
+use crate::backoff::Backoff;
+use crate::dispatch::Dispatcher;
 
 /// Entries read per query.
 const BATCH: u32 = 64;
 /// Longest sleep between looks at the log when nothing wakes the reader.
 const IDLE_POLL: Duration = Duration::from_millis(500);
-/// Pause after the store failed before reading again.
-const STORE_RETRY: Duration = Duration::from_secs(1);
+/// First pause after the store failed before reading again; doubled up to
+/// `MAX_STORE_RETRY`.
+const STORE_RETRY: Duration = Duration::from_millis(250);
+const MAX_STORE_RETRY: Duration = Duration::from_secs(2);
 
 /// Starts one reader per loaded module, and more as modules appear.
 pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken, tracker: TaskTracker) {
     let registry = dispatcher.registry.clone();
-    super::for_each_module(&registry, shutdown.clone(), |name| {
+    consumer::for_each_module(&registry, shutdown.clone(), |name| {
         tracker.spawn(consume(dispatcher.clone(), name, shutdown.clone()));
     })
     .await;
@@ -28,7 +32,7 @@ pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken, track
 
 /// Prepares the cursors of the modules loaded now, so a module sees every
 /// entry appended after the host started serving.
-pub async fn init_cursors(dispatcher: &Dispatcher) -> Result<(), crate::store::StoreError> {
+pub async fn init_cursors(dispatcher: &Dispatcher) -> Result<(), switchyard_store::StoreError> {
     for name in dispatcher.registry.routes().modules.keys() {
         dispatcher.store.cursor(&consumer_name(name)).await?;
     }
@@ -43,6 +47,7 @@ pub(crate) fn consumer_name(module: &str) -> String {
 async fn consume(dispatcher: Arc<Dispatcher>, name: String, shutdown: CancellationToken) {
     let consumer = consumer_name(&name);
     let store = &dispatcher.store;
+    let mut backoff = Backoff::new(STORE_RETRY, MAX_STORE_RETRY);
     while !shutdown.is_cancelled() {
         // Register for the wake-up before looking, so an append between the
         // read and the wait is not missed.
@@ -50,7 +55,7 @@ async fn consume(dispatcher: Arc<Dispatcher>, name: String, shutdown: Cancellati
         tokio::pin!(appended);
         appended.as_mut().enable();
 
-        let Some(module) = dispatcher.registry.routes().modules.get(&name).cloned() else {
+        let Some(module) = consumer::current(&dispatcher.registry, &name) else {
             // Unloaded for now; its cursor waits for it.
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -69,10 +74,10 @@ async fn consume(dispatcher: Arc<Dispatcher>, name: String, shutdown: Cancellati
             Ok(entries) => entries,
             Err(e) => {
                 tracing::warn!(module = %name, error = %e, "embedded log: cannot read; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(STORE_RETRY) => continue,
+                if !backoff.wait(&shutdown).await {
+                    return;
                 }
+                continue;
             }
         };
         if entries.is_empty() {
@@ -90,15 +95,22 @@ async fn consume(dispatcher: Arc<Dispatcher>, name: String, shutdown: Cancellati
             if shutdown.is_cancelled() {
                 break;
             }
-            let outcome = dispatcher.deliver(&module, &entry.envelope).await;
-            if let Outcome::Failed(f) = &outcome
-                && f.kind == FailureKind::Unavailable
-            {
-                // Nothing was recorded: read this entry again once the store is back.
-                tokio::time::sleep(STORE_RETRY).await;
-                break;
+            // Entries of the log are envelopes the host wrote; a failure was
+            // recorded (dead letter in the store) by the dispatcher, and
+            // there is no broker copy to make.
+            match consumer::handle(&dispatcher, &module, Ok(entry.envelope), 1).await {
+                Settle::Ack | Settle::DeadLetter(_) => {
+                    backoff.reset();
+                    handled = Some(entry.seq);
+                }
+                Settle::Retry => {
+                    // Nothing was recorded: read this entry again once the store is back.
+                    if !backoff.wait(&shutdown).await {
+                        return;
+                    }
+                    break;
+                }
             }
-            handled = Some(entry.seq);
         }
         if let Some(seq) = handled
             && let Err(e) = store.set_cursor(&consumer, seq).await

@@ -11,20 +11,16 @@
 //! carry the epoch of their partition's assignment; a worker drops those of
 //! a partition revoked since, and never stores an offset for one.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio::sync::mpsc;
@@ -32,236 +28,17 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dispatch::{Dispatcher, FailureKind, Outcome};
-use crate::envelope::{Envelope, PARTITION_KEY};
-use crate::manifest::KafkaSettings;
+use super::consumer::{self, Settle};
+use crate::backoff::Backoff;
+use crate::broker::kafka::{KafkaBus, base_config};
+use crate::dispatch::{Dispatcher, Malformed};
 use crate::registry::LoadedModule;
+use switchyard_model::envelope::Envelope;
 
-/// How long a produce may wait for its delivery report.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Metadata requests (readiness, topic creation) give up after this long.
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pause before handling a message again after the store failed.
-const STORE_RETRY: Duration = Duration::from_secs(1);
-
-/// The host's side of Kafka: producing, topic creation, health.
-pub struct KafkaBus {
-    pub settings: KafkaSettings,
-    producer: FutureProducer,
-    admin: AdminClient<DefaultClientContext>,
-    /// Topics known to exist, so each is created once per process.
-    created: std::sync::Mutex<HashSet<String>>,
-    /// One client per consumer group for reading its committed offsets (for
-    /// the lag metric). It never subscribes, so it never joins the group.
-    offset_readers: std::sync::Mutex<HashMap<String, Arc<BaseConsumer>>>,
-}
-
-impl KafkaBus {
-    pub fn new(settings: KafkaSettings) -> Result<Arc<Self>, KafkaError> {
-        let mut producer = base_config(&settings);
-        // Idempotent, fully acknowledged: a retried send is never duplicated
-        // in the log and never lost once reported delivered.
-        producer
-            .set("enable.idempotence", "true")
-            .set("acks", "all");
-        for (k, v) in &settings.producer {
-            producer.set(k, v);
-        }
-        let producer: FutureProducer = producer.create()?;
-        let admin: AdminClient<DefaultClientContext> = base_config(&settings).create()?;
-        Ok(Arc::new(Self {
-            settings,
-            producer,
-            admin,
-            created: Default::default(),
-            offset_readers: Default::default(),
-        }))
-    }
-
-    pub fn topic(&self, topic: &str) -> String {
-        format!("{}{topic}", self.settings.prefix)
-    }
-
-    /// Creates the topics that do not exist yet (with `partitions` partitions).
-    pub async fn ensure_topics(&self, topics: &[String]) -> Result<(), KafkaError> {
-        let missing: Vec<String> = {
-            let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
-            topics
-                .iter()
-                .map(|t| self.topic(t))
-                .filter(|t| !created.contains(t))
-                .collect()
-        };
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let partitions = i32::try_from(self.settings.partitions).unwrap_or(i32::MAX);
-        let new: Vec<NewTopic<'_>> = missing
-            .iter()
-            .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
-            .collect();
-        let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
-        for result in self.admin.create_topics(new.iter(), &options).await? {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
-                        tracing::warn!(%topic, ?code, "cannot create Kafka topic");
-                    });
-                }
-            }
-        }
-        let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
-        created.extend(missing);
-        Ok(())
-    }
-
-    /// Produces envelopes to their topics and waits for every delivery report.
-    pub async fn append(&self, envelopes: &[Envelope]) -> Result<(), KafkaError> {
-        let topics: Vec<String> = envelopes.iter().map(|e| e.topic.clone()).collect();
-        self.ensure_topics(&topics).await?;
-        let sends = envelopes.iter().map(|e| {
-            let topic = self.topic(&e.topic);
-            let key = e.header(PARTITION_KEY).unwrap_or(&e.id).to_string();
-            let payload = e.to_json();
-            async move {
-                let record = FutureRecord::to(&topic).key(&key).payload(&payload);
-                self.producer
-                    .send(record, DELIVERY_TIMEOUT)
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| e)
-            }
-        });
-        for result in futures_util::future::join_all(sends).await {
-            result?;
-        }
-        Ok(())
-    }
-
-    /// Whether a broker answers a metadata request.
-    pub async fn ping(&self) -> bool {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, METADATA_TIMEOUT)
-                .is_ok()
-        })
-        .await
-        .unwrap_or(false)
-    }
-
-    /// How far `<group>.<module>` is behind on `topic`: over the topic's
-    /// partitions, the high watermark minus the group's committed offset (from
-    /// the low watermark where nothing is committed). `None` while the topic
-    /// does not exist.
-    pub async fn group_lag(
-        &self,
-        module: &str,
-        topic: &str,
-    ) -> Result<Option<(String, String, u64)>, KafkaError> {
-        let group = format!("{}.{module}", self.settings.group);
-        let reader = {
-            let mut readers = self
-                .offset_readers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match readers.get(&group) {
-                Some(reader) => reader.clone(),
-                None => {
-                    let reader: Arc<BaseConsumer> = Arc::new(
-                        base_config(&self.settings)
-                            .set("group.id", &group)
-                            .set("enable.auto.commit", "false")
-                            .create()?,
-                    );
-                    readers.insert(group.clone(), reader.clone());
-                    reader
-                }
-            }
-        };
-        let topic = self.topic(topic);
-        let blocking = tokio::task::spawn_blocking(move || {
-            let metadata = reader.fetch_metadata(Some(&topic), METADATA_TIMEOUT)?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic && t.error().is_none())
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            if partitions.is_empty() {
-                return Ok(None);
-            }
-            let mut wanted = TopicPartitionList::new();
-            for p in &partitions {
-                wanted.add_partition(&topic, *p);
-            }
-            let committed = reader.committed_offsets(wanted, METADATA_TIMEOUT)?;
-            let mut lag = 0u64;
-            for p in partitions {
-                let (low, high) = reader.fetch_watermarks(&topic, p, METADATA_TIMEOUT)?;
-                let from = match committed.find_partition(&topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(n)) => n,
-                    _ => low,
-                };
-                if from > high {
-                    // A commit past the end skips records when a member
-                    // resumes from it: never clamp that away silently.
-                    tracing::warn!(
-                        %topic, partition = p, committed = from, high_watermark = high,
-                        %group, "kafka: committed offset is past the end of the partition"
-                    );
-                }
-                lag += u64::try_from(high - from).unwrap_or(0);
-            }
-            Ok(Some((topic, group, lag)))
-        });
-        blocking.await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "kafka lag reader stopped");
-            Ok(None)
-        })
-    }
-
-    /// Writes a dead letter to `T.dlq`: the original value, why in headers.
-    async fn dead_letter(
-        &self,
-        topic: &str,
-        original: &OwnedMessage,
-        why: &[(&str, String)],
-    ) -> Result<(), KafkaError> {
-        let dlq = format!("{topic}.dlq");
-        self.ensure_topics(std::slice::from_ref(&dlq)).await?;
-        let mut headers = OwnedHeaders::new();
-        for (k, v) in why {
-            headers = headers.insert(Header {
-                key: &format!("dlq-{k}"),
-                value: Some(v.as_bytes()),
-            });
-        }
-        let payload = original.payload().unwrap_or_default();
-        let key = original.key().unwrap_or_default();
-        let target = self.topic(&dlq);
-        let record = FutureRecord::to(&target)
-            .key(key)
-            .payload(payload)
-            .headers(headers);
-        self.producer
-            .send(record, DELIVERY_TIMEOUT)
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-    }
-}
-
-fn base_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &settings.brokers);
-    for (k, v) in &settings.client {
-        config.set(k, v);
-    }
-    config
-}
+/// First pause before handling a message again after the store failed;
+/// doubled up to `MAX_STORE_RETRY`.
+const STORE_RETRY: Duration = Duration::from_millis(250);
+const MAX_STORE_RETRY: Duration = Duration::from_secs(2);
 
 /// Starts a consumer per loaded module, and more as modules appear.
 pub async fn run(
@@ -271,7 +48,7 @@ pub async fn run(
     tracker: TaskTracker,
 ) {
     let registry = dispatcher.registry.clone();
-    super::for_each_module(&registry, shutdown.clone(), |name| {
+    consumer::for_each_module(&registry, shutdown.clone(), |name| {
         tracker.spawn(consume(
             bus.clone(),
             dispatcher.clone(),
@@ -290,32 +67,27 @@ async fn consume(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let mut retry = Duration::from_millis(500);
     // Waits for the module to be loaded, then consumes until shutdown. A
     // module removed later keeps its group; its offsets wait for it.
-    let module = loop {
-        if let Some(m) = dispatcher.registry.routes().modules.get(&name).cloned() {
-            break m;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(super::SUPERVISE_EVERY) => {}
-        }
+    let Some(module) = consumer::loaded(&dispatcher.registry, &name, &shutdown).await else {
+        return;
     };
-    let topics = module.consumed_topics();
+    let mut topics = module.consumed_topics();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let consumer = loop {
         match subscribe(&bus, &name, &topics).await {
             Ok(c) => break Arc::new(c),
             Err(e) => {
-                tracing::warn!(module = %name, error = %e, retry_in = ?retry, "kafka consumer: cannot subscribe");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(retry) => {}
+                tracing::warn!(module = %name, error = %e, "kafka consumer: cannot subscribe");
+                if !backoff.wait(&shutdown).await {
+                    return;
                 }
-                retry = (retry * 2).min(Duration::from_secs(10));
             }
         }
     };
+    // A reload may change the topics the module consumes: follow them.
+    let mut follow = tokio::time::interval(consumer::SUPERVISE_EVERY);
+    follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let queue = bus.settings.partition_queue.max(1);
     let ownership = consumer.context().ownership.clone();
     // Workers say when their queue has drained, so held messages move on.
@@ -331,6 +103,10 @@ async fn consume(
                 if !refill(&consumer, &ownership, &name, &mut partitions, queue) {
                     break;
                 }
+                continue;
+            }
+            _ = follow.tick() => {
+                follow_topics(&bus, &consumer, &dispatcher, &name, &mut topics).await;
                 continue;
             }
             m = consumer.recv() => m.map(|m| m.detach()),
@@ -633,7 +409,6 @@ async fn subscribe(
     module: &str,
     topics: &[String],
 ) -> Result<GroupConsumer, KafkaError> {
-    bus.ensure_topics(topics).await?;
     let mut config = base_config(&bus.settings);
     config
         .set("group.id", format!("{}.{module}", bus.settings.group))
@@ -649,11 +424,62 @@ async fn subscribe(
         module: module.to_string(),
         ownership: SharedOwnership::default(),
     })?;
+    resubscribe(bus, &consumer, topics).await?;
+    tracing::info!(module, ?topics, "kafka consumer subscribed");
+    Ok(consumer)
+}
+
+/// Subscribes `consumer` to the topics its module consumes now, when a
+/// reload changed them (the group rebalances; partitions of topics no longer
+/// consumed are revoked like any other). A failure is retried at the next
+/// look.
+async fn follow_topics(
+    bus: &KafkaBus,
+    consumer: &GroupConsumer,
+    dispatcher: &Dispatcher,
+    name: &str,
+    topics: &mut Vec<String>,
+) {
+    let Some(module) = consumer::current(&dispatcher.registry, name) else {
+        return;
+    };
+    let now = module.consumed_topics();
+    let same = now.len() == topics.len() && now.iter().all(|t| topics.contains(t));
+    if same {
+        return;
+    }
+    match resubscribe(bus, consumer, &now).await {
+        Ok(()) => {
+            tracing::info!(module = name, from = ?topics, to = ?now, "kafka consumer: topics changed; subscribed again");
+            *topics = now;
+        }
+        Err(e) => {
+            tracing::warn!(module = name, error = %e, "kafka consumer: cannot subscribe to the new topics; trying again");
+        }
+    }
+}
+
+async fn resubscribe(
+    bus: &KafkaBus,
+    consumer: &GroupConsumer,
+    topics: &[String],
+) -> Result<(), KafkaError> {
+    if topics.is_empty() {
+        consumer.unsubscribe();
+        return Ok(());
+    }
+    bus.ensure_topics(topics).await?;
     let names: Vec<String> = topics.iter().map(|t| bus.topic(t)).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs)?;
-    tracing::info!(module, topics = ?names, "kafka consumer subscribed");
-    Ok(consumer)
+    consumer.subscribe(&refs)
+}
+
+/// A record's value as its dead letter keeps it: the JSON it holds, or else
+/// its text.
+fn raw_value(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(payload).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(payload).into_owned())
+    })
 }
 
 /// Stores the offset after `message` (the next one to read) for the next
@@ -683,20 +509,15 @@ struct PartitionWorker {
 
 impl PartitionWorker {
     async fn run(self, mut rx: mpsc::Receiver<Job>, queue: usize, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(STORE_RETRY, MAX_STORE_RETRY);
         'messages: while let Some(Job { epoch, message }) = rx.recv().await {
+            backoff.reset();
             if rx.len() <= queue / 2 {
                 // A paused partition may take more (see `refill`).
                 self.drained.notify_one();
             }
             // The module may have been swapped since: use the current version.
-            let Some(module) = self
-                .dispatcher
-                .registry
-                .routes()
-                .modules
-                .get(&self.module)
-                .cloned()
-            else {
+            let Some(module) = consumer::current(&self.dispatcher.registry, &self.module) else {
                 // Unloaded: stop storing offsets; the rest is redelivered when it returns.
                 return;
             };
@@ -718,7 +539,9 @@ impl PartitionWorker {
                 if self.handle(&module, &message).await {
                     break;
                 }
-                tokio::time::sleep(STORE_RETRY).await;
+                if !backoff.wait(&shutdown).await {
+                    return;
+                }
             }
             let stored = {
                 // Under the lock, so a revoke cannot slip in between the
@@ -788,42 +611,22 @@ impl PartitionWorker {
                     }
                 }),
         };
-        let envelope = match parsed {
-            Ok(e) => e,
-            Err(reason) => {
-                tracing::warn!(module = %self.module, %topic, offset = message.offset(), %reason, "not an envelope: dead-lettered");
-                let why = [
-                    ("kind", "malformed-envelope".to_string()),
-                    ("error", reason),
-                    ("attempts", "1".to_string()),
-                    ("module", self.module.clone()),
-                    (
-                        "offset",
-                        format!("{}:{}", message.partition(), message.offset()),
-                    ),
-                ];
-                let done = self.dead_letter(topic, message, &why).await;
-                if done {
-                    (self.dispatcher.registry.metrics).dead_lettered(&self.module, topic);
-                }
-                return done;
-            }
-        };
-        match self.dispatcher.deliver(module, &envelope).await {
-            Outcome::Processed(_) | Outcome::Duplicate(_) => true,
-            Outcome::Failed(f) if f.kind == FailureKind::Unavailable => false,
-            Outcome::Failed(f) if f.kind == FailureKind::Rejected => true,
-            Outcome::Failed(f) => {
-                let why = [
-                    ("kind", f.kind.as_str().to_string()),
-                    ("error", f.message.clone()),
-                    ("attempts", f.attempts.to_string()),
-                    ("module", f.module.clone()),
-                    (
-                        "offset",
-                        format!("{}:{}", message.partition(), message.offset()),
-                    ),
-                ];
+        let parsed = parsed.map_err(|reason| Malformed {
+            topic: topic.to_string(),
+            message_id: derived(),
+            subtopic: String::new(),
+            raw: raw_value(message.payload().unwrap_or_default()),
+            reason,
+        });
+        match consumer::handle(&self.dispatcher, module, parsed, 1).await {
+            Settle::Ack => true,
+            Settle::Retry => false,
+            Settle::DeadLetter(reason) => {
+                let mut why = reason.fields(&module.name);
+                why.push((
+                    "offset",
+                    format!("{}:{}", message.partition(), message.offset()),
+                ));
                 self.dead_letter(topic, message, &why).await
             }
         }

@@ -9,162 +9,22 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dispatch::{Dispatcher, FailureKind, Outcome};
-use crate::envelope::{self, Envelope, PARTITION_KEY};
-use crate::manifest::RedisSettings;
+use super::consumer::{self, Settle};
+use crate::backoff::Backoff;
+use crate::broker::redis::{BusError, COMMAND_TIMEOUT, MAX_RECONNECT, RECONNECT, RedisBus};
+use crate::dispatch::{Dispatcher, Malformed};
 use crate::registry::LoadedModule;
-use crate::store::DeadLetter;
+use switchyard_model::envelope::{Envelope, PARTITION_KEY};
 
-/// Commands other than the blocking read give up after this long.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
-/// First pause after Redis failed; doubled up to `MAX_RECONNECT`.
-const RECONNECT: Duration = Duration::from_millis(200);
-const MAX_RECONNECT: Duration = Duration::from_secs(5);
 /// Most entries one XACK acknowledges.
 const ACK_BATCH: usize = 1_000;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-}
-
-/// The host's side of Redis: appends, acks, dead letters, health.
-pub struct RedisBus {
-    pub settings: RedisSettings,
-    client: redis::Client,
-    conn: ConnectionManager,
-    /// Unique per host process, so a restarted host never mistakes a dead
-    /// process's pending entries for its own in-flight work.
-    consumer: String,
-}
-
-impl RedisBus {
-    /// Prepares the connection; it is made lazily, so the host starts (not
-    /// ready) while Redis is down.
-    pub fn new(settings: RedisSettings) -> Result<Arc<Self>, BusError> {
-        let client = redis::Client::open(settings.url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_max_delay(MAX_RECONNECT);
-        let conn = client.get_connection_manager_lazy(config)?;
-        let consumer = format!("{}-{}", std::process::id(), &envelope::new_id()[24..]);
-        Ok(Arc::new(Self {
-            settings,
-            client,
-            conn,
-            consumer,
-        }))
-    }
-
-    /// The stream key of a topic.
-    pub fn key(&self, topic: &str) -> String {
-        format!("{}{topic}", self.settings.prefix)
-    }
-
-    fn group(&self, module: &str) -> String {
-        format!("{}.{module}", self.settings.group)
-    }
-
-    fn xadd(&self, key: &str) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(key);
-        if let Some(maxlen) = self.settings.maxlen {
-            cmd.arg("MAXLEN").arg("~").arg(maxlen);
-        }
-        cmd.arg("*");
-        cmd
-    }
-
-    /// Appends envelopes to their topics' streams (one round trip); returns
-    /// once Redis has them all.
-    pub async fn append(&self, envelopes: &[Envelope]) -> Result<(), BusError> {
-        let mut pipe = redis::pipe();
-        for e in envelopes {
-            let mut cmd = self.xadd(&self.key(&e.topic));
-            cmd.arg("envelope").arg(e.to_json());
-            pipe.add_command(cmd).ignore();
-        }
-        let mut conn = self.conn.clone();
-        let () = pipe.query_async(&mut conn).await?;
-        Ok(())
-    }
-
-    pub async fn ping(&self) -> bool {
-        let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .is_ok()
-    }
-
-    async fn ack(&self, key: &str, group: &str, ids: &[String]) -> Result<(), BusError> {
-        let mut conn = self.conn.clone();
-        let _: i64 = redis::cmd("XACK")
-            .arg(key)
-            .arg(group)
-            .arg(ids)
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
-    }
-
-    /// Writes a dead letter to `T.dlq`: the original fields plus why.
-    async fn dead_letter(
-        &self,
-        topic: &str,
-        fields: &[(String, String)],
-        why: &[(&str, String)],
-    ) -> Result<(), BusError> {
-        let mut cmd = self.xadd(&self.key(&format!("{topic}.dlq")));
-        for (k, v) in fields {
-            cmd.arg(k).arg(v);
-        }
-        for (k, v) in why {
-            cmd.arg(format!("dlq-{k}")).arg(v);
-        }
-        let mut conn = self.conn.clone();
-        let _: String = cmd.query_async(&mut conn).await?;
-        Ok(())
-    }
-
-    /// How far `module`'s consumer group is behind on the stream of `topic`
-    /// (XINFO GROUPS `lag`), as (stream key, group, lag); `None` while the
-    /// stream or the group does not exist or Redis cannot tell.
-    pub async fn group_lag(
-        &self,
-        module: &str,
-        topic: &str,
-    ) -> Result<Option<(String, String, u64)>, BusError> {
-        let key = self.key(topic);
-        let group = self.group(module);
-        let mut conn = self.conn.clone();
-        let reply: redis::streams::StreamInfoGroupsReply = match redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-        {
-            Ok(reply) => reply,
-            Err(e) if e.to_string().contains("no such key") => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let lag = reply
-            .groups
-            .into_iter()
-            .find(|g| g.name == group)
-            .and_then(|g| g.lag);
-        Ok(lag.map(|lag| (key, group, lag as u64)))
-    }
-}
 
 /// Starts a consumer per loaded module, and more as modules appear.
 pub async fn run(
@@ -174,7 +34,7 @@ pub async fn run(
     tracker: TaskTracker,
 ) {
     let registry = dispatcher.registry.clone();
-    super::for_each_module(&registry, shutdown.clone(), |name| {
+    consumer::for_each_module(&registry, shutdown.clone(), |name| {
         let consumer = Consumer::new(bus.clone(), dispatcher.clone(), name);
         tracker.spawn(consumer.run(shutdown.clone(), tracker.clone()));
     })
@@ -226,23 +86,16 @@ impl Consumer {
         let (acks, acked) = mpsc::unbounded_channel();
         tracker.spawn(this.clone().acker(acked));
         let mut tails: HashMap<String, oneshot::Receiver<bool>> = HashMap::new();
-        let mut delay = RECONNECT;
+        let mut backoff = Backoff::new(RECONNECT, MAX_RECONNECT);
         let mut conn: Option<MultiplexedConnection> = None;
         let mut ready_keys: HashSet<String> = HashSet::new();
         let mut last_claim = tokio::time::Instant::now() - Duration::from_secs(3600);
         while !shutdown.is_cancelled() {
-            let Some(module) = this
-                .dispatcher
-                .registry
-                .routes()
-                .modules
-                .get(&this.module)
-                .cloned()
-            else {
+            let Some(module) = consumer::current(&this.dispatcher.registry, &this.module) else {
                 // Removed for now: stop reading; its pending entries wait for it.
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(super::SUPERVISE_EVERY) => continue,
+                    _ = tokio::time::sleep(consumer::SUPERVISE_EVERY) => continue,
                 }
             };
             // Read only what there is room for: one permit per entry in
@@ -300,19 +153,17 @@ impl Consumer {
             };
             match entries {
                 Ok(entries) => {
-                    delay = RECONNECT;
+                    backoff.reset();
                     this.start_entries(&module, entries, room, &mut tails, &acks, &tracker);
                 }
                 Err(e) => {
-                    tracing::warn!(module = %this.module, error = %e, retry_in = ?delay, "redis consumer: cannot read; reconnecting");
+                    tracing::warn!(module = %this.module, error = %e, "redis consumer: cannot read; reconnecting");
                     drop(room);
                     conn = None;
                     ready_keys.clear();
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !backoff.wait(&shutdown).await {
+                        return;
                     }
-                    delay = (delay * 2).min(MAX_RECONNECT);
                 }
             }
         }
@@ -556,87 +407,22 @@ impl Consumer {
         e: Entry,
         parsed: Result<Envelope, String>,
     ) -> bool {
-        let envelope = match parsed {
-            Ok(envelope) => envelope,
-            Err(reason) => {
-                tracing::warn!(module = %self.module, stream = %e.key, entry = %e.id, %reason, "not an envelope: dead-lettered");
-                let done = self.poison(module, &e, &reason).await;
-                return done;
-            }
-        };
-        match self
-            .dispatcher
-            .deliver_from(module, &envelope, e.deliveries)
-            .await
-        {
-            Outcome::Processed(_) | Outcome::Duplicate(_) => true,
-            Outcome::Failed(f) if f.kind == FailureKind::Unavailable => false,
-            Outcome::Failed(f) => {
-                if f.kind != FailureKind::Rejected {
-                    let why = [
-                        ("kind", f.kind.as_str().to_string()),
-                        ("error", f.message.clone()),
-                        ("attempts", f.attempts.to_string()),
-                        ("module", f.module.clone()),
-                        ("entry-id", e.id.clone()),
-                    ];
-                    if let Err(err) = self.bus.dead_letter(&e.topic, &e.fields, &why).await {
+        let parsed = parsed.map_err(|reason| malformed(&e, reason));
+        match consumer::handle(&self.dispatcher, module, parsed, e.deliveries).await {
+            Settle::Ack => true,
+            Settle::Retry => false,
+            Settle::DeadLetter(reason) => {
+                let mut why = reason.fields(&module.name);
+                why.push(("entry-id", e.id.clone()));
+                match self.bus.dead_letter(&e.topic, &e.fields, &why).await {
+                    Ok(()) => true,
+                    Err(err) => {
                         tracing::warn!(module = %self.module, error = %err, "cannot write to the dlq stream; entry stays pending");
-                        return false;
+                        false
                     }
                 }
-                true
             }
         }
-    }
-
-    /// An entry that is not an envelope: `T.dlq` and the dead-letter table.
-    async fn poison(&self, module: &LoadedModule, e: &Entry, reason: &str) -> bool {
-        let why = [
-            ("kind", "malformed-envelope".to_string()),
-            ("error", reason.to_string()),
-            ("attempts", "1".to_string()),
-            ("module", module.name.clone()),
-            ("entry-id", e.id.clone()),
-        ];
-        if let Err(err) = self.bus.dead_letter(&e.topic, &e.fields, &why).await {
-            tracing::warn!(module = %self.module, error = %err, "cannot write to the dlq stream; entry stays pending");
-            return false;
-        }
-        let fields: serde_json::Map<String, serde_json::Value> = e
-            .fields
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        let letter = DeadLetter {
-            id: envelope::new_id(),
-            module: module.name.clone(),
-            message_id: derived_id(&e.key, &e.id),
-            topic: e.topic.clone(),
-            subtopic: e
-                .fields
-                .iter()
-                .find(|(k, _)| k == "subtopic")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default(),
-            envelope: serde_json::Value::Object(fields),
-            error_kind: "malformed-envelope".into(),
-            error_message: reason.to_string(),
-            attempts: 1,
-            created_at: String::new(),
-            replayed_at: None,
-        };
-        if let Err(err) = self
-            .dispatcher
-            .store
-            .record_failure(Some(&letter), None)
-            .await
-        {
-            tracing::warn!(module = %self.module, error = %err, "cannot record the dead letter; entry stays pending");
-            return false;
-        }
-        (self.dispatcher.registry.metrics).dead_lettered(&module.name, &e.topic);
-        true
     }
 
     /// Keeps in-flight entries fresh (XCLAIM ... JUSTID resets their idle
@@ -687,6 +473,28 @@ fn entry(key: &str, topic: &str, id: StreamId, deliveries: u32) -> Entry {
         id: id.id,
         deliveries,
         fields,
+    }
+}
+
+/// An entry that is not an envelope, as its dead letter keeps it: its
+/// fields as a JSON object.
+fn malformed(e: &Entry, reason: String) -> Malformed {
+    let fields: serde_json::Map<String, serde_json::Value> = e
+        .fields
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    Malformed {
+        topic: e.topic.clone(),
+        message_id: derived_id(&e.key, &e.id),
+        subtopic: e
+            .fields
+            .iter()
+            .find(|(k, _)| k == "subtopic")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+        raw: serde_json::Value::Object(fields),
+        reason,
     }
 }
 

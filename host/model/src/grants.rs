@@ -1,0 +1,133 @@
+//! What a module may touch, fixed when it loads: its name, the topics it may
+//! emit, the modules whose collections it may read, its `config` table, and
+//! the rate at which it may log.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// What a module may touch, fixed when it loads.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub name: String,
+    pub emits: Vec<String>,
+    pub reads: Vec<String>,
+    /// The `config` table: strings as they are, other values as JSON.
+    pub config: BTreeMap<String, String>,
+    /// The module's log rate (log import, stdout and stderr together).
+    pub log_limiter: Arc<LogLimiter>,
+}
+
+/// Lines a module may log per second on average (log import, stdout and
+/// stderr together, across all its instances): a chatty or hostile module
+/// cannot flood the host's log or slow the host down formatting lines.
+pub const LOG_LINES_PER_SECOND: u32 = 100;
+/// Lines a module may log at once above the average (a burst).
+pub const LOG_BURST: u32 = 200;
+
+/// A token bucket per module. Lines over the rate are dropped and counted;
+/// the host says so once when dropping starts and once, with the count,
+/// when the module is back under its rate.
+#[derive(Debug)]
+pub struct LogLimiter {
+    per_second: f64,
+    burst: f64,
+    bucket: Mutex<Bucket>,
+    dropped_total: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    /// Lines dropped since the last one that got through.
+    dropped: u64,
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        Self::new(LOG_LINES_PER_SECOND, LOG_BURST)
+    }
+}
+
+impl LogLimiter {
+    /// `per_second` lines on average, `burst` at once.
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            per_second: f64::from(per_second),
+            burst,
+            bucket: Mutex::new(Bucket {
+                tokens: burst,
+                refilled: Instant::now(),
+                dropped: 0,
+            }),
+            dropped_total: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether `module` may log one more line now.
+    pub fn admit(&self, module: &str) -> bool {
+        let now = Instant::now();
+        let (admitted, report) = {
+            // A panic while holding this lock cannot leave the bucket in a
+            // state worse than "a few tokens off": keep using it.
+            let mut b = self
+                .bucket
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let elapsed = now.saturating_duration_since(b.refilled).as_secs_f64();
+            b.tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
+            b.refilled = now;
+            if b.tokens >= 1.0 {
+                b.tokens -= 1.0;
+                (true, std::mem::take(&mut b.dropped))
+            } else {
+                b.dropped += 1;
+                (false, b.dropped)
+            }
+        };
+        if admitted {
+            if report > 0 {
+                tracing::warn!(
+                    module,
+                    dropped = report,
+                    "module logged over {} lines/s: {report} lines were dropped",
+                    self.per_second
+                );
+            }
+        } else {
+            self.dropped_total.fetch_add(1, Ordering::Relaxed);
+            if report == 1 {
+                tracing::warn!(
+                    module,
+                    "module logs over {} lines/s: dropping its lines until it slows down",
+                    self.per_second
+                );
+            }
+        }
+        admitted
+    }
+
+    /// Lines dropped since the module loaded.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_drops_over_the_rate_and_refills() {
+        let limiter = LogLimiter::new(1_000, 5);
+        let admitted = (0..50).filter(|_| limiter.admit("m")).count();
+        // The burst, plus whatever trickled in meanwhile (1 per ms).
+        assert!((5..10).contains(&admitted), "{admitted}");
+        assert_eq!(limiter.dropped_total(), 50 - admitted as u64);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(limiter.admit("m"), "refilled after a pause");
+    }
+}
