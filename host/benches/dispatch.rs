@@ -16,6 +16,7 @@ use anyhow::Context;
 use switchyard::dispatch::Dispatcher;
 use switchyard::envelope::{self, Envelope};
 use switchyard::manifest::{Manifest, OtlpProtocol, TelemetrySettings};
+use switchyard::metrics::Metrics;
 use switchyard::outcome::Outcome;
 use switchyard::registry::{Grants, LoadedModule, Registry};
 use switchyard::sandbox::engine::Engine;
@@ -57,7 +58,8 @@ async fn run() -> anyhow::Result<()> {
 
     let store = Store::connect(&manifest.host.database).await?;
     let engine = Arc::new(Engine::new()?);
-    let registry = Arc::new(Registry::default());
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(Registry::new(metrics.clone()));
     let routes = registry.load(&engine, &manifest, None).await;
     anyhow::ensure!(
         routes.problems.is_empty(),
@@ -70,7 +72,12 @@ async fn run() -> anyhow::Result<()> {
         .cloned()
         .context("inventory loaded")?;
     registry.replace(routes);
-    let dispatcher = Arc::new(Dispatcher::new(engine.clone(), store.clone(), registry));
+    let dispatcher = Arc::new(Dispatcher::new(
+        engine.clone(),
+        Arc::new(store.clone()),
+        registry.clone(),
+        metrics.clone(),
+    ));
 
     println!(
         "dispatch benchmark: inventory/restock, {MESSAGES} messages per round, median of {ROUNDS} rounds"
@@ -118,8 +125,13 @@ async fn run() -> anyhow::Result<()> {
     })?;
     let telemetry = Arc::new(telemetry);
     let exporting = Arc::new(
-        Dispatcher::new(engine.clone(), store.clone(), dispatcher.registry.clone())
-            .with_telemetry(Some(telemetry.clone())),
+        Dispatcher::new(
+            engine.clone(),
+            Arc::new(store.clone()),
+            registry.clone(),
+            metrics.clone(),
+        )
+        .with_telemetry(Some(telemetry.clone())),
     );
     let (mut plain, mut exported) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {

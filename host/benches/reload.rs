@@ -135,12 +135,7 @@ async fn swap(
             started.elapsed() < Duration::from_secs(30),
             "version {sha} never served"
         );
-        let module = dispatcher
-            .registry
-            .routes()
-            .commands
-            .get("inventory")
-            .cloned();
+        let module = dispatcher.owner("inventory");
         let Some(module) = module.filter(|m| m.sha256 == sha) else {
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;

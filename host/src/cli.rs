@@ -138,35 +138,8 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(&cli.config)?;
     match cli.command {
-        Command::Up { no_build, listen } => {
-            if !no_build {
-                let m = manifest.clone();
-                tokio::task::spawn_blocking(move || builder::build_all(&m)).await??;
-            }
-            let addr = listen.unwrap_or_else(|| manifest.host.listen.clone());
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
-            crate::app::server::run(manifest, listener, shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Build => {
-            let built =
-                tokio::task::spawn_blocking(move || builder::build_all(&manifest)).await??;
-            for b in built {
-                println!(
-                    "{:<12} {} {}",
-                    b.module,
-                    b.file.display(),
-                    if b.changed {
-                        "(updated)"
-                    } else {
-                        "(unchanged)"
-                    }
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Up { no_build, listen } => up(manifest, no_build, listen).await,
+        Command::Build => build(manifest).await,
         Command::Check => check(&manifest).await,
         Command::Send {
             topic,
@@ -184,49 +157,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "topic": topic, "subtopic": subtopic, "body": body,
                 "headers": headers.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             });
-            let id = id.unwrap_or_else(envelope::new_id);
-            envelope["id"] = id.clone().into();
-            let broker = match via {
-                Via::Http => None,
-                Via::Redis => {
-                    let settings = manifest
-                        .redis
-                        .clone()
-                        .context("--via redis needs [redis] in the manifest")?;
-                    Some(Broker::Redis(RedisBus::new(settings)?))
+            envelope["id"] = id.unwrap_or_else(envelope::new_id).into();
+            match broker_for(&manifest, via)? {
+                Some(broker) => send_via(&broker, &envelope).await,
+                None => {
+                    let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));
+                    send_http(&base, &envelope, no_wait).await
                 }
-                #[cfg(feature = "kafka")]
-                Via::Kafka => {
-                    let settings = manifest
-                        .kafka
-                        .clone()
-                        .context("--via kafka needs [kafka] in the manifest")?;
-                    Some(Broker::Kafka(KafkaBus::new(settings)?))
-                }
-                #[cfg(not(feature = "kafka"))]
-                Via::Kafka => {
-                    bail!("this build has no Kafka support: build with `--features kafka`")
-                }
-            };
-            if let Some(broker) = broker {
-                let envelope =
-                    Envelope::from_json(envelope.to_string().as_bytes(), envelope::new_id)?;
-                broker
-                    .append(std::slice::from_ref(&envelope))
-                    .await
-                    .map_err(anyhow::Error::msg)?;
-                println!("{}", serde_json::json!({"id": id, "via": broker.name()}));
-                return Ok(ExitCode::SUCCESS);
             }
-            let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));
-            let query = if no_wait { "?wait=false" } else { "" };
-            let response = reqwest::Client::new()
-                .post(format!("{base}/v1/messages{query}"))
-                .json(&envelope)
-                .send()
-                .await
-                .with_context(|| format!("sending to {base}"))?;
-            print_response(response).await
         }
         Command::New { name, dir } => {
             scaffold(&manifest, &name, &dir)?;
@@ -238,45 +176,138 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { action, url } => {
             let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));
-            let var = manifest
-                .host
-                .admin_token_env
+            dlq(&manifest, action, &base).await
+        }
+    }
+}
+
+/// `switchyard up`: build stale modules, then serve until Ctrl-C or SIGTERM.
+async fn up(
+    manifest: Manifest,
+    no_build: bool,
+    listen: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    if !no_build {
+        let m = manifest.clone();
+        tokio::task::spawn_blocking(move || builder::build_all(&m)).await??;
+    }
+    let addr = listen.unwrap_or_else(|| manifest.host.listen.clone());
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    crate::app::server::run(manifest, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `switchyard build`: every module's build command; what changed.
+async fn build(manifest: Manifest) -> anyhow::Result<ExitCode> {
+    let built = tokio::task::spawn_blocking(move || builder::build_all(&manifest)).await??;
+    for b in built {
+        let changed = if b.changed {
+            "(updated)"
+        } else {
+            "(unchanged)"
+        };
+        println!("{:<12} {} {changed}", b.module, b.file.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The broker `--via` names (`None`: over HTTP).
+fn broker_for(manifest: &Manifest, via: Via) -> anyhow::Result<Option<Broker>> {
+    Ok(match via {
+        Via::Http => None,
+        Via::Redis => {
+            let settings = manifest
+                .redis
                 .clone()
-                .context("host.admin-token-env is not set in the manifest")?;
-            let token = std::env::var(&var)
-                .with_context(|| format!("the admin token variable {var} is not set"))?;
-            let client = reqwest::Client::new();
-            let request = match action {
-                DlqAction::List { topic } => {
-                    let mut r = client.get(format!("{base}/v1/dead-letters"));
-                    if let Some(t) = topic {
-                        r = r.query(&[("topic", t)]);
-                    }
-                    r
-                }
-                DlqAction::Replay { id: Some(id), .. } => {
-                    client.post(format!("{base}/v1/dead-letters/{id}/replay"))
-                }
-                DlqAction::Replay { id: None, topic } => {
-                    let topic = topic.context("give a dead letter id or --topic")?;
-                    let response = client
-                        .post(format!("{base}/v1/dead-letters/replay"))
-                        .query(&[("topic", topic)])
-                        .bearer_auth(token)
-                        .send()
-                        .await
-                        .with_context(|| format!("calling {base}"))?;
-                    return print_replay_summary(response).await;
-                }
-            };
-            let response = request
+                .context("--via redis needs [redis] in the manifest")?;
+            Some(Broker::Redis(RedisBus::new(settings)?))
+        }
+        #[cfg(feature = "kafka")]
+        Via::Kafka => {
+            let settings = manifest
+                .kafka
+                .clone()
+                .context("--via kafka needs [kafka] in the manifest")?;
+            Some(Broker::Kafka(KafkaBus::new(settings)?))
+        }
+        #[cfg(not(feature = "kafka"))]
+        Via::Kafka => {
+            bail!("this build has no Kafka support: build with `--features kafka`")
+        }
+    })
+}
+
+/// Appends the envelope to its topic on `broker`; prints its id.
+async fn send_via(broker: &Broker, envelope: &serde_json::Value) -> anyhow::Result<ExitCode> {
+    let envelope = Envelope::from_json(envelope.to_string().as_bytes(), envelope::new_id)?;
+    broker
+        .append(std::slice::from_ref(&envelope))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!(
+        "{}",
+        serde_json::json!({"id": envelope.id, "via": broker.name()})
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `POST /v1/messages` on the host at `base`; prints the answer.
+async fn send_http(
+    base: &str,
+    envelope: &serde_json::Value,
+    no_wait: bool,
+) -> anyhow::Result<ExitCode> {
+    let query = if no_wait { "?wait=false" } else { "" };
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/messages{query}"))
+        .json(envelope)
+        .send()
+        .await
+        .with_context(|| format!("sending to {base}"))?;
+    print_response(response).await
+}
+
+/// `switchyard dlq list|replay` against the host at `base`.
+async fn dlq(manifest: &Manifest, action: DlqAction, base: &str) -> anyhow::Result<ExitCode> {
+    let var = manifest
+        .host
+        .admin_token_env
+        .clone()
+        .context("host.admin-token-env is not set in the manifest")?;
+    let token = std::env::var(&var)
+        .with_context(|| format!("the admin token variable {var} is not set"))?;
+    let client = reqwest::Client::new();
+    let request = match action {
+        DlqAction::List { topic } => {
+            let mut r = client.get(format!("{base}/v1/dead-letters"));
+            if let Some(t) = topic {
+                r = r.query(&[("topic", t)]);
+            }
+            r
+        }
+        DlqAction::Replay { id: Some(id), .. } => {
+            client.post(format!("{base}/v1/dead-letters/{id}/replay"))
+        }
+        DlqAction::Replay { id: None, topic } => {
+            let topic = topic.context("give a dead letter id or --topic")?;
+            let response = client
+                .post(format!("{base}/v1/dead-letters/replay"))
+                .query(&[("topic", topic)])
                 .bearer_auth(token)
                 .send()
                 .await
                 .with_context(|| format!("calling {base}"))?;
-            print_response(response).await
+            return print_replay_summary(response).await;
         }
-    }
+    };
+    let response = request
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("calling {base}"))?;
+    print_response(response).await
 }
 
 const TEMPLATE_LIB: &str = include_str!("../templates/module_lib.rs");

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::Dispatcher;
 use crate::ingress::embedded;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::sandbox::cache;
 use switchyard_model::manifest::RetentionSettings;
-use switchyard_store::{OutboxReaders, StoreError};
+use switchyard_store::{OutboxReaders, Store, StoreError};
 
 /// Rows deleted per statement: a short transaction between message commits.
 const BATCH: u32 = 1_000;
@@ -36,12 +37,21 @@ impl Table {
     }
 }
 
+/// What pruning reads and writes.
+pub struct Retention {
+    pub store: Store,
+    /// The modules loaded now: whose embedded-log cursors hold rows back.
+    pub registry: Arc<Registry>,
+    /// Where pruned rows are counted.
+    pub metrics: Arc<Metrics>,
+    /// A broker carries the events (else the outbox is the embedded log).
+    pub relay: bool,
+}
+
 /// Prunes every `settings.every` (the first pass right away) until shutdown.
-/// `relay`: a broker carries the events (else the outbox is the embedded log).
 /// `cache_dir`: the compiled-component cache.
 pub async fn run(
-    dispatcher: Arc<Dispatcher>,
-    relay: bool,
+    retention: Retention,
     settings: RetentionSettings,
     cache_dir: PathBuf,
     shutdown: CancellationToken,
@@ -62,10 +72,10 @@ pub async fn run(
         }
         for (table, age) in tables {
             let Some(age) = age else { continue };
-            match prune(&dispatcher, relay, table, age, &shutdown).await {
+            match prune(&retention, table, age, &shutdown).await {
                 Ok(0) => {}
                 Ok(rows) => {
-                    dispatcher.registry.metrics.pruned(table.name(), rows);
+                    retention.metrics.pruned(table.name(), rows);
                     tracing::info!(table = table.name(), rows, older_than = ?age, "retention: pruned");
                 }
                 // Tried again at the next tick; nothing is lost by waiting.
@@ -92,16 +102,15 @@ pub async fn run(
 
 /// Deletes batch after batch until a batch comes back short.
 async fn prune(
-    dispatcher: &Dispatcher,
-    relay: bool,
+    retention: &Retention,
     table: Table,
     age: Duration,
     shutdown: &CancellationToken,
 ) -> Result<u64, StoreError> {
-    let store = &dispatcher.store;
-    let readers = match (table, relay) {
+    let store = &retention.store;
+    let readers = match (table, retention.relay) {
         (Table::Inbox, _) | (Table::Outbox, true) => OutboxReaders::Relay,
-        (Table::Outbox, false) => OutboxReaders::EmbeddedLog(read_positions(dispatcher).await?),
+        (Table::Outbox, false) => OutboxReaders::EmbeddedLog(read_positions(retention).await?),
     };
     let mut total = 0;
     loop {
@@ -121,11 +130,11 @@ async fn prune(
 /// have read the embedded log. A module's cursor only moves when it reads
 /// one of its own topics, so one quiet consumer must not hold back the
 /// pruning of every other topic: positions are per topic.
-async fn read_positions(dispatcher: &Dispatcher) -> Result<BTreeMap<String, i64>, StoreError> {
+async fn read_positions(retention: &Retention) -> Result<BTreeMap<String, i64>, StoreError> {
     let mut positions: BTreeMap<String, i64> = BTreeMap::new();
-    let modules = dispatcher.registry.routes().modules.clone();
+    let modules = retention.registry.routes().modules.clone();
     for (name, module) in modules.iter() {
-        let position = dispatcher
+        let position = retention
             .store
             .cursor(&embedded::consumer_name(name))
             .await?;

@@ -21,6 +21,7 @@ use crate::dispatch::Dispatcher;
 use crate::ingress::kafka as kafka_ingress;
 use crate::ingress::redis as redis_ingress;
 use crate::ingress::{embedded, http};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::registry::reload::Reloader;
 use crate::registry::watch;
@@ -64,8 +65,17 @@ impl Host {
     }
 }
 
-/// Opens the store, loads the modules and starts serving on `listener`.
-pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<Host> {
+/// The parts every other piece is wired to.
+struct Core {
+    store: Store,
+    engine: Arc<Engine>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    watcher: watch::FolderWatcher,
+}
+
+/// Opens the store, starts the engine and loads the modules.
+async fn open(manifest: &Manifest) -> anyhow::Result<Core> {
     let options = StoreOptions {
         max_connections: manifest.host.max_connections,
         // Without a broker the outbox is the log that modules follow.
@@ -80,9 +90,30 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         plugins_dir: manifest.host.plugins_dir.clone(),
         manifest: manifest.path.clone(),
     });
-    let registry = Arc::new(Registry::default());
-    let routes = registry.load(&engine, &manifest, None).await;
+    let metrics = Arc::new(Metrics::new());
+    let registry = Arc::new(Registry::new(metrics.clone()));
+    let routes = registry.load(&engine, manifest, None).await;
     registry.replace(routes);
+    Ok(Core {
+        store,
+        engine,
+        registry,
+        metrics,
+        watcher,
+    })
+}
+
+/// The configured brokers' clients.
+struct Brokers {
+    redis: Option<Arc<RedisBus>>,
+    #[cfg(feature = "kafka")]
+    kafka: Option<Arc<KafkaBus>>,
+    /// Every configured broker, the one committed events go to first
+    /// (Kafka when it is configured, else Redis); empty: the embedded log.
+    all: Vec<Broker>,
+}
+
+fn brokers(manifest: &Manifest) -> anyhow::Result<Brokers> {
     let redis = match &manifest.redis {
         Some(settings) => Some(RedisBus::new(settings.clone()).context("configuring [redis]")?),
         None => None,
@@ -98,48 +129,29 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
             "[kafka] is configured but this build has no Kafka support: build with `--features kafka`"
         );
     }
-    // Committed events go to Kafka when it is configured, else to Redis,
-    // else they stay in the embedded log.
-    let mut brokers: Vec<Broker> = Vec::new();
+    let mut all: Vec<Broker> = Vec::new();
     #[cfg(feature = "kafka")]
-    brokers.extend(kafka.clone().map(Broker::Kafka));
-    brokers.extend(redis.clone().map(Broker::Redis));
-    let broker = brokers.first().cloned();
+    all.extend(kafka.clone().map(Broker::Kafka));
+    all.extend(redis.clone().map(Broker::Redis));
+    Ok(Brokers {
+        redis,
+        #[cfg(feature = "kafka")]
+        kafka,
+        all,
+    })
+}
 
-    let telemetry = match &manifest.telemetry {
-        Some(settings) => {
-            let telemetry = Telemetry::start(settings).context("configuring [telemetry]")?;
-            tracing::info!(endpoint = %settings.otlp_endpoint, "exporting spans over OTLP");
-            Some(Arc::new(telemetry))
-        }
-        None => None,
+fn telemetry(manifest: &Manifest) -> anyhow::Result<Option<Arc<Telemetry>>> {
+    let Some(settings) = &manifest.telemetry else {
+        return Ok(None);
     };
-    let dispatcher = Arc::new(
-        Dispatcher::new(engine.clone(), store.clone(), registry.clone())
-            .with_telemetry(telemetry.clone()),
-    );
-    if broker.is_none() {
-        embedded::init_cursors(&dispatcher)
-            .await
-            .context("preparing the embedded log")?;
-    }
+    let telemetry = Telemetry::start(settings).context("configuring [telemetry]")?;
+    tracing::info!(endpoint = %settings.otlp_endpoint, "exporting spans over OTLP");
+    Ok(Some(Arc::new(telemetry)))
+}
 
-    let admin_token = manifest
-        .host
-        .admin_token_env
-        .as_deref()
-        .and_then(|var| std::env::var(var).ok())
-        .filter(|t| !t.is_empty());
-    if admin_token.is_none() {
-        tracing::info!("no admin token set: the admin API is off");
-    }
-    let reloader = Arc::new(Reloader::new(engine, registry, manifest.path.clone()));
-    let state = Arc::new(http::ApiState {
-        dispatcher: dispatcher.clone(),
-        reloader: reloader.clone(),
-        admin_token,
-        brokers,
-    });
+/// The HTTP API with its guard.
+fn api(manifest: &Manifest, state: http::ApiState) -> axum::Router {
     let messages = http::MessageAccess::from_env(manifest.host.message_token_env.as_deref());
     if let http::MessageAccess::Unset(var) = &messages {
         tracing::warn!(
@@ -152,26 +164,56 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         request_timeout: manifest.host.request_timeout,
         max_header_bytes: manifest.host.max_header_bytes,
     };
-    let app = http::guarded(http::router(state, manifest.host.max_body_bytes), guard);
+    http::guarded(
+        http::router(Arc::new(state), manifest.host.max_body_bytes),
+        guard,
+    )
+}
 
-    let shutdown = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    let relay = broker.is_some();
-    match broker {
+/// The admin token from the variable `admin-token-env` names, if set.
+fn admin_token(manifest: &Manifest) -> Option<String> {
+    let token = manifest
+        .host
+        .admin_token_env
+        .as_deref()
+        .and_then(|var| std::env::var(var).ok())
+        .filter(|t| !t.is_empty());
+    if token.is_none() {
+        tracing::info!("no admin token set: the admin API is off");
+    }
+    token
+}
+
+/// Starts the consumers: the relay and the broker consumers with a broker,
+/// else the embedded log's readers.
+fn spawn_consumers(
+    core: &Core,
+    brokers: Brokers,
+    dispatcher: &Arc<Dispatcher>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    match brokers.all.first().cloned() {
         // With a broker, events travel through it, not in-process.
         Some(broker) => {
-            let appended = dispatcher.log_appended.clone();
-            tracker.spawn(relay::run(store, broker, appended, shutdown.clone()));
+            let appended = dispatcher.log_appended().clone();
+            tracker.spawn(relay::run(
+                core.store.clone(),
+                broker,
+                appended,
+                shutdown.clone(),
+            ));
         }
         None => {
             tracker.spawn(embedded::run(
                 dispatcher.clone(),
+                core.store.clone(),
                 shutdown.clone(),
                 tracker.clone(),
             ));
         }
     }
-    if let Some(bus) = redis {
+    if let Some(bus) = brokers.redis {
         tracker.spawn(redis_ingress::run(
             bus,
             dispatcher.clone(),
@@ -180,7 +222,7 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
         ));
     }
     #[cfg(feature = "kafka")]
-    if let Some(bus) = kafka {
+    if let Some(bus) = brokers.kafka {
         tracker.spawn(kafka_ingress::run(
             bus,
             dispatcher.clone(),
@@ -188,11 +230,65 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
             tracker.clone(),
         ));
     }
+}
+
+/// Opens the store, loads the modules and starts serving on `listener`.
+pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<Host> {
+    let core = open(&manifest).await?;
+    let brokers = brokers(&manifest)?;
+    let telemetry = telemetry(&manifest)?;
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            core.engine.clone(),
+            Arc::new(core.store.clone()),
+            core.registry.clone(),
+            core.metrics.clone(),
+        )
+        .with_telemetry(telemetry.clone()),
+    );
+    let relay = !brokers.all.is_empty();
+    if !relay {
+        embedded::init_cursors(&dispatcher, &core.store)
+            .await
+            .context("preparing the embedded log")?;
+    }
+    let reloader = Arc::new(Reloader::new(
+        core.engine.clone(),
+        core.registry.clone(),
+        manifest.path.clone(),
+    ));
+    let app = api(
+        &manifest,
+        http::ApiState {
+            dispatcher: dispatcher.clone(),
+            registry: core.registry.clone(),
+            store: core.store.clone(),
+            metrics: core.metrics.clone(),
+            reloader: reloader.clone(),
+            admin_token: admin_token(&manifest),
+            brokers: brokers.all.clone(),
+        },
+    );
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    spawn_consumers(&core, brokers, &dispatcher, &shutdown, &tracker);
+    let Core {
+        store,
+        registry,
+        metrics,
+        watcher,
+        ..
+    } = core;
     tracker.spawn(watcher.run(reloader, shutdown.clone()));
-    tracker.spawn(metrics_upkeep(dispatcher.clone(), shutdown.clone()));
+    tracker.spawn(metrics_upkeep(metrics.clone(), shutdown.clone()));
     tracker.spawn(retention::run(
-        dispatcher.clone(),
-        relay,
+        retention::Retention {
+            store,
+            registry,
+            metrics,
+            relay,
+        },
         manifest.retention,
         manifest.host.cache_dir.clone(),
         shutdown.clone(),
@@ -223,11 +319,11 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
 const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps the metrics' memory bounded when nobody scrapes `/metrics`.
-async fn metrics_upkeep(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken) {
+async fn metrics_upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(METRICS_UPKEEP) => dispatcher.registry.metrics.upkeep(),
+            _ = tokio::time::sleep(METRICS_UPKEEP) => metrics.upkeep(),
         }
     }
 }

@@ -2,25 +2,27 @@
 //! `handle`, commit of the unit of work, and the failure policy of SPEC §7
 //! (retries with backoff, failure events, dead letters).
 
+mod attempt;
+mod failure;
+
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::value::RawValue;
+use attempt::Attempt;
+pub use failure::{MALFORMED, Malformed};
+
 use tokio::sync::{Mutex, Notify, Semaphore};
 use tracing::Instrument;
 
+use crate::metrics::Metrics;
 use crate::registry::{LoadedModule, Registry, Verdict, count};
-use crate::sandbox::bindings::switchyard::module::types as wit;
-use crate::sandbox::engine::{EPOCH_TICK, Engine, POOL_INSTANCES};
-use crate::sandbox::uow::{MessageMeta, UnitOfWork};
+use crate::sandbox::engine::{Engine, POOL_INSTANCES};
 use crate::telemetry::{Handled, Telemetry};
-use switchyard_model::envelope::{
-    self, CAUSATION_ID, CORRELATION_ID, Envelope, PARTITION_KEY, TIMESTAMP,
-};
-use switchyard_model::outcome::{Answer, Failure, FailureKind, Outcome, failure_event_id};
+use switchyard_model::envelope::{Envelope, PARTITION_KEY};
+use switchyard_model::outcome::{Failure, FailureKind, Outcome};
 use switchyard_model::trace;
-use switchyard_store::{Commit, DeadLetter, Store, StoreError};
+use switchyard_store::{MessageStore, StoreError};
 
 /// Version conflicts are retried on fresh state this many times before the
 /// message counts as a transient failure; they are not a fault of the module.
@@ -29,42 +31,20 @@ pub const MAX_CONFLICT_RETRIES: u32 = 200;
 const PARTITION_STRIPES: usize = 1024;
 /// Header handed to the module (not stored): the attempt number, from 1.
 pub const ATTEMPT: &str = "attempt";
-/// The `kind` of a dead letter whose entry or record was not an envelope.
-pub const MALFORMED: &str = "malformed-envelope";
 /// Longest delay between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// A message that is not an envelope, as the dead-letter table keeps it.
-#[derive(Debug, Clone)]
-pub struct Malformed {
-    /// The topic it was read from.
-    pub topic: String,
-    /// The id derived from where it sits (`redis:<stream>:<entry-id>`,
-    /// `kafka:<topic>:<partition>:<offset>`).
-    pub message_id: String,
-    /// Its subtopic, if one could be read.
-    pub subtopic: String,
-    /// What arrived: the stream fields, or the record's value as text.
-    pub raw: serde_json::Value,
-    /// Why it is not an envelope.
-    pub reason: String,
-}
-
-/// One try of one message.
-enum Attempt {
-    Committed(Answer),
-    Duplicate(Answer),
-    Conflict,
-    Failed(FailureKind, String),
-}
-
-/// Runs messages through modules. Shared by every ingress.
+/// Runs messages through modules: the bus every ingress hands envelopes to.
+/// It routes (through the registry), runs (in the sandbox) and records (in
+/// the store); ingress never writes the store around it.
 pub struct Dispatcher {
-    pub engine: Arc<Engine>,
-    pub store: Store,
-    pub registry: Arc<Registry>,
+    engine: Arc<Engine>,
+    /// Inbox, commits and failures (and the reads of each unit of work).
+    store: Arc<dyn MessageStore>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
     /// Woken after every commit that appended to the log.
-    pub log_appended: Arc<Notify>,
+    log_appended: Arc<Notify>,
     /// Same partition key -> same lock: one at a time, in arrival order.
     partitions: Vec<Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
@@ -76,17 +56,64 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(engine: Arc<Engine>, store: Store, registry: Arc<Registry>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        store: Arc<dyn MessageStore>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             engine,
             store,
             registry,
+            metrics,
             log_appended: Arc::new(Notify::new()),
             partitions: (0..PARTITION_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
             instances: Semaphore::new(POOL_INSTANCES as usize * 3 / 4),
             telemetry: None,
         }
+    }
+
+    /// The module that owns command topic `topic` now.
+    pub fn owner(&self, topic: &str) -> Option<Arc<LoadedModule>> {
+        self.registry.routes().commands.get(topic).cloned()
+    }
+
+    /// The version of module `name` serving now, if it is loaded: a
+    /// consumer asks again for every message, so a reload takes effect at
+    /// the next one.
+    pub fn module(&self, name: &str) -> Option<Arc<LoadedModule>> {
+        self.registry.routes().modules.get(name).cloned()
+    }
+
+    /// The names of the modules loaded now.
+    pub fn module_names(&self) -> Vec<String> {
+        self.registry.routes().modules.keys().cloned().collect()
+    }
+
+    /// The host's metrics, which every handling updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Woken whenever something was appended to the embedded log (a
+    /// commit with events, a failure event, an accepted message).
+    pub fn log_appended(&self) -> &Arc<Notify> {
+        &self.log_appended
+    }
+
+    /// Appends envelopes to the embedded log (no broker configured: the
+    /// outbox is the log) and wakes its readers; `source` says who wrote
+    /// them (`http`, ...).
+    pub async fn append_to_log(
+        &self,
+        envelopes: &[Envelope],
+        source: &str,
+    ) -> Result<(), StoreError> {
+        self.store.append(envelopes, source).await?;
+        self.log_appended.notify_waiters();
+        Ok(())
     }
 
     /// Exports each handling's span through `telemetry`.
@@ -131,7 +158,7 @@ impl Dispatcher {
             .instrument(span)
             .await;
         let elapsed = started.elapsed();
-        let metrics = &self.registry.metrics;
+        let metrics = &self.metrics;
         metrics.delivered(&module.name, &envelope.topic, &outcome, elapsed);
         if let Some(telemetry) = &self.telemetry {
             telemetry.record(&Handled {
@@ -227,206 +254,6 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(
-        &self,
-        module: &LoadedModule,
-        envelope: &Envelope,
-        attempt: u32,
-        trace: &trace::Handling,
-    ) -> Attempt {
-        match self.store.inbox_answer(&module.name, &envelope.id).await {
-            Ok(Some(answer)) => return decode_answer(&answer),
-            Ok(None) => {}
-            Err(e) => return Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
-        }
-        let Ok(_permit) = self.instances.acquire().await else {
-            return Attempt::Failed(FailureKind::Unavailable, "host is shutting down".into());
-        };
-        let meta = MessageMeta {
-            id: envelope.id.clone(),
-            correlation_id: envelope.correlation_id().to_string(),
-            traceparent: trace.child(),
-        };
-        let uow = UnitOfWork::new(module.grants.clone(), self.store.clone(), meta);
-        let mut store =
-            self.engine
-                .new_store(uow, module.limits.max_memory_mb, module.limits.timeout);
-        let message = wit::Envelope {
-            id: envelope.id.clone(),
-            topic: envelope.topic.clone(),
-            subtopic: envelope.subtopic.clone(),
-            // The module may look at which attempt this is (e.g. to log it).
-            headers: envelope
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .chain(std::iter::once((ATTEMPT.to_string(), attempt.to_string())))
-                .collect(),
-            body: envelope.body_text().to_string(),
-        };
-        let timeout = module.limits.timeout;
-        let call = async {
-            let instantiating = std::time::Instant::now();
-            let guest = module.pre.instantiate_async(&mut store).await?;
-            (self.registry.metrics).instantiated(&module.name, instantiating.elapsed());
-            guest.call_handle(&mut store, &message).await
-        };
-        // The epoch deadline stops guest code; this also bounds time spent
-        // inside host calls.
-        let result = tokio::time::timeout(timeout + EPOCH_TICK * 3, call).await;
-        let peak = u64::try_from(store.data().peak_memory()).unwrap_or(u64::MAX);
-        (module.stats.peak_memory).fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
-        let uow = &store.data().uow;
-        if let Some(e) = &uow.store_error {
-            return Attempt::Failed(FailureKind::Unavailable, format!("store: {e}"));
-        }
-        let output = match result {
-            Err(_) => {
-                return Attempt::Failed(FailureKind::Timeout, format!("ran past its {timeout:?}"));
-            }
-            Ok(Err(e)) => {
-                return match e.downcast_ref::<wasmtime::Trap>() {
-                    Some(wasmtime::Trap::Interrupt) => {
-                        Attempt::Failed(FailureKind::Timeout, format!("ran past its {timeout:?}"))
-                    }
-                    _ => Attempt::Failed(FailureKind::Trap, trap_message(&e)),
-                };
-            }
-            Ok(Ok(Err(wit::HandleError::Invalid(m)))) => {
-                return Attempt::Failed(FailureKind::Invalid, m);
-            }
-            Ok(Ok(Err(wit::HandleError::Rejected(m)))) => {
-                return Attempt::Failed(FailureKind::Rejected, m);
-            }
-            Ok(Ok(Err(wit::HandleError::Transient(m)))) => {
-                return if uow.conflicted {
-                    Attempt::Conflict
-                } else {
-                    Attempt::Failed(FailureKind::Transient, m)
-                };
-            }
-            Ok(Ok(Ok(output))) => output,
-        };
-        let output = match RawValue::from_string(output) {
-            Ok(o) => o,
-            Err(e) => {
-                return Attempt::Failed(
-                    FailureKind::Trap,
-                    format!("handle returned text that is not JSON: {e}"),
-                );
-            }
-        };
-        let uow = std::mem::replace(
-            &mut store.data_mut().uow,
-            UnitOfWork::detached(module.grants.clone()),
-        );
-        drop(store);
-        let (writes, events) = uow.into_parts();
-        let answer = Answer {
-            output,
-            events: events.iter().map(event_json).collect(),
-        };
-        let answer_text = match serde_json::to_string(&answer) {
-            Ok(t) => t,
-            Err(e) => {
-                return Attempt::Failed(
-                    FailureKind::Trap,
-                    format!("answer does not serialise: {e}"),
-                );
-            }
-        };
-        let commit = Commit {
-            module: &module.name,
-            message_id: &envelope.id,
-            answer: &answer_text,
-            writes: &writes,
-            events: &events,
-        };
-        match self.store.commit(&commit).await {
-            Ok(()) => {
-                if !events.is_empty() {
-                    self.log_appended.notify_waiters();
-                }
-                Attempt::Committed(answer)
-            }
-            Err(StoreError::Conflict { .. }) => Attempt::Conflict,
-            // Bad output of the module: retried, then dead-lettered. The
-            // database's own words stay in the host's log.
-            Err(StoreError::Refused(detail)) => {
-                tracing::warn!(module = %module.name, id = %envelope.id, %detail, "store refused the unit of work");
-                Attempt::Failed(
-                    FailureKind::Trap,
-                    "the store cannot hold a value the module wrote".into(),
-                )
-            }
-            Err(StoreError::Duplicate) => {
-                match self.store.inbox_answer(&module.name, &envelope.id).await {
-                    Ok(Some(a)) => decode_answer(&a),
-                    Ok(None) => Attempt::Conflict,
-                    Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
-                }
-            }
-            Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
-        }
-    }
-
-    /// Failure event on `T.failed` and, unless rejected, a dead letter.
-    async fn record_failure(
-        &self,
-        envelope: &Envelope,
-        failure: &Failure,
-    ) -> Result<(), StoreError> {
-        let dead_letter = (failure.kind != FailureKind::Rejected).then(|| DeadLetter {
-            id: envelope::new_id(),
-            module: failure.module.clone(),
-            message_id: envelope.id.clone(),
-            topic: envelope.topic.clone(),
-            subtopic: envelope.subtopic.clone(),
-            envelope: serde_json::to_value(envelope).unwrap_or_default(),
-            error_kind: failure.kind.as_str().to_string(),
-            error_message: failure.message.clone(),
-            attempts: failure.attempts,
-            created_at: String::new(),
-            replayed_at: None,
-        });
-        let event = failure_event(envelope, failure);
-        self.store
-            .record_failure(dead_letter.as_ref(), event.as_ref())
-            .await?;
-        if event.is_some() {
-            self.log_appended.notify_waiters();
-        }
-        Ok(())
-    }
-
-    /// Records a message that is not an envelope as a dead letter (kind
-    /// `malformed-envelope`), so it is listed and can be replayed like any
-    /// other; no failure event (there is no message to announce).
-    pub async fn record_malformed(
-        &self,
-        module: &str,
-        malformed: &Malformed,
-    ) -> Result<(), StoreError> {
-        let letter = DeadLetter {
-            id: envelope::new_id(),
-            module: module.to_string(),
-            message_id: malformed.message_id.clone(),
-            topic: malformed.topic.clone(),
-            subtopic: malformed.subtopic.clone(),
-            envelope: malformed.raw.clone(),
-            error_kind: MALFORMED.to_string(),
-            error_message: malformed.reason.clone(),
-            attempts: 1,
-            created_at: String::new(),
-            replayed_at: None,
-        };
-        self.store.record_failure(Some(&letter), None).await?;
-        self.registry
-            .metrics
-            .dead_lettered(module, &malformed.topic);
-        Ok(())
-    }
-
     fn partition_lock(&self, module: &str, key: &str) -> &Mutex<()> {
         let mut h = self.hasher.build_hasher();
         module.hash(&mut h);
@@ -436,62 +263,6 @@ impl Dispatcher {
     }
 }
 
-/// The host's failure event for a message of topic `T`: on `T.failed`, with a
-/// deterministic id so a redelivered failure is not announced twice. Failures
-/// of `*.failed` messages are not announced again (no failure loops).
-fn failure_event(envelope: &Envelope, failure: &Failure) -> Option<Envelope> {
-    if envelope.topic.ends_with(".failed") {
-        return None;
-    }
-    let id = failure_event_id(&failure.module, &envelope.id);
-    let mut headers = std::collections::BTreeMap::new();
-    let trace = trace::Handling::of(&failure.module, envelope);
-    headers.insert(trace::TRACEPARENT.to_string(), trace.child());
-    headers.insert(
-        CORRELATION_ID.to_string(),
-        envelope.correlation_id().to_string(),
-    );
-    headers.insert(CAUSATION_ID.to_string(), envelope.id.clone());
-    headers.insert(TIMESTAMP.to_string(), envelope::now_rfc3339());
-    if let Some(key) = envelope.header(PARTITION_KEY) {
-        headers.insert(PARTITION_KEY.to_string(), key.to_string());
-    }
-    let body = serde_json::json!({
-        "kind": failure.kind.as_str(),
-        "message": failure.message,
-        "attempt": failure.attempts,
-        "original_id": envelope.id,
-        "module": failure.module,
-    });
-    match Envelope::new(
-        id,
-        format!("{}.failed", envelope.topic),
-        envelope.subtopic.clone(),
-        headers,
-        &body.to_string(),
-    ) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            tracing::warn!(topic = %envelope.topic, error = %e, "no failure event for this topic");
-            None
-        }
-    }
-}
-
-fn decode_answer(text: &str) -> Attempt {
-    match serde_json::from_str::<Answer>(text) {
-        Ok(a) => Attempt::Duplicate(a),
-        Err(e) => Attempt::Failed(
-            FailureKind::Unavailable,
-            format!("stored answer does not decode: {e}"),
-        ),
-    }
-}
-
-fn event_json(e: &Envelope) -> serde_json::Value {
-    serde_json::to_value(e).unwrap_or_default()
-}
-
 /// Exponential backoff with full jitter: base * 2^(attempt-1), capped.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let exp = base
@@ -499,25 +270,4 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
         .min(MAX_BACKOFF);
     let ms = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
-}
-
-/// The trap's reason and the guest function it happened in, without the
-/// whole wasm backtrace (that goes to the log).
-fn trap_message(e: &wasmtime::Error) -> String {
-    let reason = match e.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => trap.to_string(),
-        None => e.root_cause().to_string(),
-    };
-    let function = e
-        .downcast_ref::<wasmtime::WasmBacktrace>()
-        .and_then(|bt| bt.frames().first())
-        .and_then(|f| {
-            f.func_name()
-                .map(|name| format!("{:#}", rustc_demangle::demangle(name)))
-        });
-    tracing::debug!(error = ?e, "guest trap");
-    match function {
-        Some(f) => format!("trapped: {reason} (in {f})"),
-        None => format!("trapped: {reason}"),
-    }
 }

@@ -1,6 +1,7 @@
 //! The consumer core shared by every broker consumer (Redis Streams, Kafka,
 //! the embedded log): supervision (a consumer per module, started as modules
-//! appear), the module's current version (followed through reloads), one
+//! appear), the module's current version ([`Dispatcher::module`], asked
+//! for every message so reloads are followed), one
 //! [`Settle`] decision per handled message with a typed [`DeadReason`], and
 //! the dead-letter record of a message that is not an envelope. Pauses
 //! after failures use the one [`Backoff`](crate::backoff::Backoff). A broker file keeps only what is its own: how it reads,
@@ -13,7 +14,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::dispatch::{Dispatcher, MALFORMED, Malformed};
-use crate::registry::{LoadedModule, Registry};
+use crate::registry::LoadedModule;
 use switchyard_model::envelope::Envelope;
 use switchyard_model::outcome::{Failure, FailureKind, Outcome};
 
@@ -25,15 +26,15 @@ pub(crate) const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 /// module loaded later, until shutdown. Each consumer then follows its
 /// module by name through reloads (and idles while it is unloaded).
 pub async fn for_each_module(
-    registry: &Registry,
+    dispatcher: &Dispatcher,
     shutdown: CancellationToken,
     mut start: impl FnMut(String),
 ) {
     let mut started: HashSet<String> = HashSet::new();
     loop {
-        for name in registry.routes().modules.keys() {
+        for name in dispatcher.module_names() {
             if started.insert(name.clone()) {
-                start(name.clone());
+                start(name);
             }
         }
         tokio::select! {
@@ -43,20 +44,14 @@ pub async fn for_each_module(
     }
 }
 
-/// The version of `name` serving now, if it is loaded: a consumer asks
-/// again for every message, so a reload takes effect at the next one.
-pub fn current(registry: &Registry, name: &str) -> Option<Arc<LoadedModule>> {
-    registry.routes().modules.get(name).cloned()
-}
-
 /// Waits until `name` is loaded (or shutdown: `None`).
 pub async fn loaded(
-    registry: &Registry,
+    dispatcher: &Dispatcher,
     name: &str,
     shutdown: &CancellationToken,
 ) -> Option<Arc<LoadedModule>> {
     loop {
-        if let Some(module) = current(registry, name) {
+        if let Some(module) = dispatcher.module(name) {
             return Some(module);
         }
         tokio::select! {

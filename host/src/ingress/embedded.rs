@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use super::consumer::{self, Settle};
 use crate::backoff::Backoff;
 use crate::dispatch::Dispatcher;
+use switchyard_store::{Store, StoreError};
 
 /// Entries read per query.
 const BATCH: u32 = 64;
@@ -21,20 +22,30 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 const STORE_RETRY: Duration = Duration::from_millis(250);
 const MAX_STORE_RETRY: Duration = Duration::from_secs(2);
 
-/// Starts one reader per loaded module, and more as modules appear.
-pub async fn run(dispatcher: Arc<Dispatcher>, shutdown: CancellationToken, tracker: TaskTracker) {
-    let registry = dispatcher.registry.clone();
-    consumer::for_each_module(&registry, shutdown.clone(), |name| {
-        tracker.spawn(consume(dispatcher.clone(), name, shutdown.clone()));
+/// Starts one reader per loaded module, and more as modules appear. The
+/// readers keep their cursors in `store` (the log's own table).
+pub async fn run(
+    dispatcher: Arc<Dispatcher>,
+    store: Store,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    consumer::for_each_module(&dispatcher.clone(), shutdown.clone(), |name| {
+        tracker.spawn(consume(
+            dispatcher.clone(),
+            store.clone(),
+            name,
+            shutdown.clone(),
+        ));
     })
     .await;
 }
 
 /// Prepares the cursors of the modules loaded now, so a module sees every
 /// entry appended after the host started serving.
-pub async fn init_cursors(dispatcher: &Dispatcher) -> Result<(), switchyard_store::StoreError> {
-    for name in dispatcher.registry.routes().modules.keys() {
-        dispatcher.store.cursor(&consumer_name(name)).await?;
+pub async fn init_cursors(dispatcher: &Dispatcher, store: &Store) -> Result<(), StoreError> {
+    for name in dispatcher.module_names() {
+        store.cursor(&consumer_name(&name)).await?;
     }
     Ok(())
 }
@@ -44,18 +55,22 @@ pub(crate) fn consumer_name(module: &str) -> String {
     format!("embedded.{module}")
 }
 
-async fn consume(dispatcher: Arc<Dispatcher>, name: String, shutdown: CancellationToken) {
+async fn consume(
+    dispatcher: Arc<Dispatcher>,
+    store: Store,
+    name: String,
+    shutdown: CancellationToken,
+) {
     let consumer = consumer_name(&name);
-    let store = &dispatcher.store;
     let mut backoff = Backoff::new(STORE_RETRY, MAX_STORE_RETRY);
     while !shutdown.is_cancelled() {
         // Register for the wake-up before looking, so an append between the
         // read and the wait is not missed.
-        let appended = dispatcher.log_appended.notified();
+        let appended = dispatcher.log_appended().notified();
         tokio::pin!(appended);
         appended.as_mut().enable();
 
-        let Some(module) = consumer::current(&dispatcher.registry, &name) else {
+        let Some(module) = dispatcher.module(&name) else {
             // Unloaded for now; its cursor waits for it.
             tokio::select! {
                 _ = shutdown.cancelled() => return,

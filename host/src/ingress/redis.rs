@@ -33,8 +33,7 @@ pub async fn run(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let registry = dispatcher.registry.clone();
-    consumer::for_each_module(&registry, shutdown.clone(), |name| {
+    consumer::for_each_module(&dispatcher.clone(), shutdown.clone(), |name| {
         let consumer = Consumer::new(bus.clone(), dispatcher.clone(), name);
         tracker.spawn(consumer.run(shutdown.clone(), tracker.clone()));
     })
@@ -91,7 +90,7 @@ impl Consumer {
         let mut ready_keys: HashSet<String> = HashSet::new();
         let mut last_claim = tokio::time::Instant::now() - Duration::from_secs(3600);
         while !shutdown.is_cancelled() {
-            let Some(module) = consumer::current(&this.dispatcher.registry, &this.module) else {
+            let Some(module) = this.dispatcher.module(&this.module) else {
                 // Removed for now: stop reading; its pending entries wait for it.
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

@@ -3,16 +3,22 @@
 //! series of the host's [`Metrics`](crate::metrics::Metrics).
 
 use crate::broker::Broker;
-use crate::dispatch::Dispatcher;
 use crate::ingress::embedded;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use switchyard_store::Store;
 
 /// Refreshes the gauges read on scrape (modules, outbox backlog, consumer
 /// lag) and renders every series. A store or broker that does not answer
 /// leaves its gauges as they were (and says so in the log): a scrape never
 /// fails because a dependency is down.
-pub async fn scrape(dispatcher: &Dispatcher, brokers: &[Broker]) -> String {
-    let metrics = &dispatcher.registry.metrics;
-    let routes = dispatcher.registry.routes();
+pub async fn scrape(
+    registry: &Registry,
+    store: &Store,
+    metrics: &Metrics,
+    brokers: &[Broker],
+) -> String {
+    let routes = registry.routes();
     metrics.set_modules(routes.modules.len(), routes.problems.len());
     for module in routes.modules.values() {
         let peak = module
@@ -21,7 +27,6 @@ pub async fn scrape(dispatcher: &Dispatcher, brokers: &[Broker]) -> String {
             .load(std::sync::atomic::Ordering::Relaxed);
         metrics.set_guest_memory(&module.name, peak);
     }
-    let store = &dispatcher.store;
     if brokers.is_empty() {
         // The embedded log: the outbox is the log itself (nothing is ever
         // "published"); what counts is how far each module's reader is.

@@ -46,6 +46,45 @@ impl FileLoad {
     }
 }
 
+/// What one load pass has gathered so far.
+#[derive(Default)]
+struct Gathered {
+    modules: Vec<Arc<LoadedModule>>,
+    problems: Vec<LoadProblem>,
+    rolled_back: BTreeMap<String, String>,
+}
+
+impl Gathered {
+    /// Records what loading `file` (known as `label`) gave, except the
+    /// module itself (the caller decides whether it may be added).
+    fn note(
+        &mut self,
+        label: &str,
+        file: &Path,
+        rolled_back: Option<String>,
+        problem: Option<String>,
+    ) {
+        if let Some(sha) = rolled_back {
+            self.rolled_back.insert(label.to_string(), sha);
+        }
+        if let Some(message) = problem {
+            self.problems.push(LoadProblem {
+                module: label.to_string(),
+                file: file.to_path_buf(),
+                message,
+            });
+        }
+    }
+}
+
+/// One load pass: what every file load needs.
+struct Loader<'a> {
+    registry: &'a Registry,
+    engine: &'a Arc<Engine>,
+    cache: ArtifactCache,
+    previous: Option<&'a Routes>,
+}
+
 impl Registry {
     /// Loads every module the manifest names and every drop-in `*.wasm` of
     /// the plugins folder, and resolves the routes. Against `previous`, only
@@ -59,97 +98,21 @@ impl Registry {
         manifest: &Manifest,
         previous: Option<&Routes>,
     ) -> Routes {
-        let cache = ArtifactCache::new(&manifest.host.cache_dir, engine);
-        let mut loaded: Vec<Arc<LoadedModule>> = Vec::new();
-        let mut problems = Vec::new();
-        let mut rolled_back = BTreeMap::new();
-        let dir = &manifest.host.plugins_dir;
-
-        for (name, entry) in &manifest.modules {
-            let file = dir.join(&entry.file);
-            let old = previous.and_then(|p| p.modules.get(name));
-            let window = entry.rollback_after.unwrap_or(manifest.host.rollback_after);
-            let result = self
-                .load_file(
-                    engine,
-                    &cache,
-                    name,
-                    Some(entry),
-                    window,
-                    &file,
-                    old,
-                    previous,
-                )
-                .await;
-            loaded.extend(result.module);
-            if let Some(sha) = result.rolled_back {
-                rolled_back.insert(name.clone(), sha);
-            }
-            if let Some(message) = result.problem {
-                problems.push(LoadProblem {
-                    module: name.clone(),
-                    file,
-                    message,
-                });
-            }
-        }
-
-        for file in drop_ins(dir, manifest) {
-            let stem = file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if manifest.host.strict {
-                problems.push(LoadProblem {
-                    module: stem,
-                    file,
-                    message: "not named in plugins.toml and `strict = true`: not loaded".into(),
-                });
-                continue;
-            }
-            let old = previous.and_then(|p| p.modules.values().find(|m| m.file == file));
-            let result = self
-                .load_file(
-                    engine,
-                    &cache,
-                    &stem,
-                    None,
-                    manifest.host.rollback_after,
-                    &file,
-                    old,
-                    previous,
-                )
-                .await;
-            let label = result
-                .module
-                .as_ref()
-                .or(old)
-                .map_or(stem, |m| m.name.clone());
-            if let Some(m) = result.module {
-                if manifest.modules.contains_key(&m.name) || loaded.iter().any(|l| l.name == m.name)
-                {
-                    problems.push(LoadProblem {
-                        module: m.name.clone(),
-                        file: file.clone(),
-                        message: format!("a module named '{}' is already loaded", m.name),
-                    });
-                } else {
-                    loaded.push(m);
-                }
-            }
-            if let Some(sha) = result.rolled_back {
-                rolled_back.insert(label.clone(), sha);
-            }
-            if let Some(message) = result.problem {
-                problems.push(LoadProblem {
-                    module: label,
-                    file,
-                    message,
-                });
-            }
-        }
-
-        let mut routes = resolve(loaded, previous, &mut problems);
+        let loader = Loader {
+            registry: self,
+            engine,
+            cache: ArtifactCache::new(&manifest.host.cache_dir, engine),
+            previous,
+        };
+        let mut gathered = Gathered::default();
+        loader.load_named(manifest, &mut gathered).await;
+        loader.load_drop_ins(manifest, &mut gathered).await;
+        let Gathered {
+            modules,
+            mut problems,
+            rolled_back,
+        } = gathered;
+        let mut routes = resolve(modules, previous, &mut problems);
         for p in &problems {
             tracing::error!(module = %p.module, file = %p.file.display(), "{}", p.message);
         }
@@ -157,19 +120,73 @@ impl Registry {
         routes.rolled_back = rolled_back;
         routes
     }
+}
+
+impl Loader<'_> {
+    /// The modules plugins.toml names.
+    async fn load_named(&self, manifest: &Manifest, gathered: &mut Gathered) {
+        let dir = &manifest.host.plugins_dir;
+        for (name, entry) in &manifest.modules {
+            let file = dir.join(&entry.file);
+            let old = self.previous.and_then(|p| p.modules.get(name));
+            let window = entry.rollback_after.unwrap_or(manifest.host.rollback_after);
+            let result = self.load_file(name, Some(entry), window, &file, old).await;
+            gathered.modules.extend(result.module);
+            gathered.note(name, &file, result.rolled_back, result.problem);
+        }
+    }
+
+    /// The `*.wasm` files of the plugins folder that no entry names: known
+    /// by the name they declare; refused under `strict = true` or when that
+    /// name is taken.
+    async fn load_drop_ins(&self, manifest: &Manifest, gathered: &mut Gathered) {
+        for file in drop_ins(&manifest.host.plugins_dir, manifest) {
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if manifest.host.strict {
+                gathered.note(
+                    &stem,
+                    &file,
+                    None,
+                    Some("not named in plugins.toml and `strict = true`: not loaded".into()),
+                );
+                continue;
+            }
+            let old = self
+                .previous
+                .and_then(|p| p.modules.values().find(|m| m.file == file));
+            let result = self
+                .load_file(&stem, None, manifest.host.rollback_after, &file, old)
+                .await;
+            let label = result
+                .module
+                .as_ref()
+                .or(old)
+                .map_or(stem, |m| m.name.clone());
+            if let Some(m) = result.module {
+                let taken = manifest.modules.contains_key(&m.name)
+                    || gathered.modules.iter().any(|l| l.name == m.name);
+                if taken {
+                    let message = format!("a module named '{}' is already loaded", m.name);
+                    gathered.note(&m.name, &file, None, Some(message));
+                } else {
+                    gathered.modules.push(m);
+                }
+            }
+            gathered.note(&label, &file, result.rolled_back, result.problem);
+        }
+    }
 
     /// Loads one file unless it is unchanged; see [`Registry::load`].
-    #[allow(clippy::too_many_arguments)]
     async fn load_file(
         &self,
-        engine: &Arc<Engine>,
-        cache: &ArtifactCache,
         name: &str,
         entry: Option<&ModuleEntry>,
         rollback_after: u32,
         file: &Path,
         old: Option<&Arc<LoadedModule>>,
-        previous: Option<&Routes>,
     ) -> FileLoad {
         let bytes = match tokio::fs::read(file).await {
             Ok(bytes) => bytes,
@@ -187,7 +204,7 @@ impl Registry {
         };
         let sha256 = hex(&Sha256::digest(&bytes));
         {
-            let mut rejected = locked(&self.rejected);
+            let mut rejected = locked(&self.registry.rejected);
             match rejected.get(file) {
                 Some(r) if r.sha256 == sha256 => {
                     return FileLoad {
@@ -216,30 +233,23 @@ impl Registry {
         }
         // Same bytes already compiled and linked (e.g. only the manifest
         // entry changed): no need to compile again.
-        let linked = previous
+        let linked = self
+            .previous
             .and_then(|p| p.modules.values().find(|m| m.sha256 == sha256))
             .map(|m| m.pre.clone());
-        match self
-            .load_one(
-                engine,
-                cache,
-                name,
-                entry,
-                rollback_after,
-                file,
-                bytes,
-                sha256,
-                linked,
-            )
-            .await
-        {
+        let code = Code {
+            bytes,
+            sha256,
+            linked,
+        };
+        match self.load_one(name, entry, rollback_after, file, code).await {
             Ok(module) => {
                 let module = Arc::new(module);
                 if let Some(old) = old
                     && old.sha256 != module.sha256
                 {
                     module.arm(old);
-                    self.metrics.reloaded(&module.name);
+                    self.registry.metrics.reloaded(&module.name);
                 }
                 FileLoad {
                     module: Some(module),
@@ -250,53 +260,32 @@ impl Registry {
         }
     }
 
-    /// Compiles (or takes from the cache, or reuses `linked`), links and
-    /// describes one component.
-    #[allow(clippy::too_many_arguments)]
+    /// Compiles (or takes from the cache, or reuses the linked code of an
+    /// unchanged file), links and describes one component.
     async fn load_one(
         &self,
-        engine: &Arc<Engine>,
-        cache: &ArtifactCache,
         name: &str,
         entry: Option<&ModuleEntry>,
         rollback_after: u32,
         file: &Path,
-        bytes: Vec<u8>,
-        sha256: String,
-        linked: Option<GuestPre<HostState>>,
+        code: Code,
     ) -> Result<LoadedModule, String> {
+        let Code {
+            bytes,
+            sha256,
+            linked,
+        } = code;
         let (pre, how) = match linked {
             Some(pre) => (pre, "reused"),
-            None => {
-                let compiler = engine.clone();
-                let cache = cache.clone();
-                let sha = sha256.clone();
-                let (component, how) = tokio::task::spawn_blocking(move || {
-                    if let Some(c) = cache.get(&compiler, &sha) {
-                        return Ok((c, "cache"));
-                    }
-                    let c = compiler.compile(&bytes)?;
-                    cache.put(&compiler, &sha, &c);
-                    Ok::<_, crate::sandbox::engine::EngineError>((c, "compiled"))
-                })
-                .await
-                .map_err(|e| format!("compiler task failed: {e}"))?
-                .map_err(|e| e.to_string())?;
-                (engine.prepare(&component).map_err(|e| e.to_string())?, how)
-            }
+            None => self.link(bytes, &sha256).await?,
         };
-
-        let limits = ModuleLimits {
-            max_memory_mb: entry.map_or(DEFAULT_MAX_MEMORY_MB, |e| e.max_memory_mb),
-            timeout: Duration::from_millis(entry.map_or(DEFAULT_TIMEOUT_MS, |e| e.timeout_ms)),
-            max_attempts: entry.map_or(DEFAULT_MAX_ATTEMPTS, |e| e.max_attempts),
-            backoff: Duration::from_millis(entry.map_or(DEFAULT_BACKOFF_MS, |e| e.backoff_ms)),
-        };
+        let limits = limits(entry);
         let probe = Arc::new(Grants {
             name: name.to_string(),
             ..Grants::default()
         });
-        let descriptor = engine
+        let descriptor = self
+            .engine
             .describe(&pre, probe, limits.max_memory_mb, limits.timeout)
             .await
             .map_err(|e| e.to_string())?;
@@ -309,20 +298,7 @@ impl Registry {
             check_name("topic", topic)
                 .map_err(|e| format!("describe declares topic {topic:?}: {e}"))?;
         }
-        // A drop-in is known by the name it declares; a manifest module by its key.
-        let name = match entry {
-            Some(_) => {
-                if descriptor.name != name {
-                    tracing::warn!(module = name, declared = %descriptor.name, "module declares another name; the manifest key wins");
-                }
-                name.to_string()
-            }
-            None => {
-                check_name("name", &descriptor.name)
-                    .map_err(|e| format!("describe declares name: {e}"))?;
-                descriptor.name.clone()
-            }
-        };
+        let name = module_name(name, entry, &descriptor.name)?;
         let topics = entry
             .and_then(|e| e.topics.clone())
             .unwrap_or(descriptor.topics);
@@ -332,30 +308,16 @@ impl Registry {
         let emits = entry
             .and_then(|e| e.emits.clone())
             .unwrap_or(descriptor.emits);
-        let config = entry
-            .map(|e| {
-                e.config
-                    .iter()
-                    .map(|(k, v)| {
-                        let text = match v {
-                            toml::Value::String(s) => s.clone(),
-                            other => serde_json::to_string(other).unwrap_or_default(),
-                        };
-                        (k.clone(), text)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         let grants = Arc::new(Grants {
             name: name.clone(),
             emits,
             reads: entry.map(|e| e.reads.clone()).unwrap_or_default(),
-            config,
+            config: entry.map(config).unwrap_or_default(),
             log_limiter: Default::default(),
         });
         tracing::info!(module = %name, version = %descriptor.version, %sha256, code = how, ?topics, ?subscribes, "module loaded");
         Ok(LoadedModule {
-            stats: self.stats_for(&name),
+            stats: self.registry.stats_for(&name),
             name,
             version: descriptor.version,
             sha256,
@@ -378,6 +340,84 @@ impl Registry {
             probation: Probation::new(rollback_after),
         })
     }
+
+    /// Compiles `bytes` (off the async threads; or takes the compiled code
+    /// from the cache) and links it: the code and how it was obtained.
+    async fn link(
+        &self,
+        bytes: Vec<u8>,
+        sha256: &str,
+    ) -> Result<(GuestPre<HostState>, &'static str), String> {
+        let compiler = self.engine.clone();
+        let cache = self.cache.clone();
+        let sha = sha256.to_string();
+        let (component, how) = tokio::task::spawn_blocking(move || {
+            if let Some(c) = cache.get(&compiler, &sha) {
+                return Ok((c, "cache"));
+            }
+            let c = compiler.compile(&bytes)?;
+            cache.put(&compiler, &sha, &c);
+            Ok::<_, crate::sandbox::engine::EngineError>((c, "compiled"))
+        })
+        .await
+        .map_err(|e| format!("compiler task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+        let pre = self.engine.prepare(&component).map_err(|e| e.to_string())?;
+        Ok((pre, how))
+    }
+}
+
+/// A file's code: its bytes and sha256, and the linked code of the same
+/// bytes when a loaded version has it already.
+struct Code {
+    bytes: Vec<u8>,
+    sha256: String,
+    linked: Option<GuestPre<HostState>>,
+}
+
+/// Per-message limits and retry policy from the entry, or the defaults.
+fn limits(entry: Option<&ModuleEntry>) -> ModuleLimits {
+    ModuleLimits {
+        max_memory_mb: entry.map_or(DEFAULT_MAX_MEMORY_MB, |e| e.max_memory_mb),
+        timeout: Duration::from_millis(entry.map_or(DEFAULT_TIMEOUT_MS, |e| e.timeout_ms)),
+        max_attempts: entry.map_or(DEFAULT_MAX_ATTEMPTS, |e| e.max_attempts),
+        backoff: Duration::from_millis(entry.map_or(DEFAULT_BACKOFF_MS, |e| e.backoff_ms)),
+    }
+}
+
+/// A drop-in is known by the name it declares; a manifest module by its key.
+fn module_name(key: &str, entry: Option<&ModuleEntry>, declared: &str) -> Result<String, String> {
+    match entry {
+        Some(_) => {
+            if declared != key {
+                tracing::warn!(
+                    module = key,
+                    declared,
+                    "module declares another name; the manifest key wins"
+                );
+            }
+            Ok(key.to_string())
+        }
+        None => {
+            check_name("name", declared).map_err(|e| format!("describe declares name: {e}"))?;
+            Ok(declared.to_string())
+        }
+    }
+}
+
+/// The entry's `config` table: strings as they are, other values as JSON.
+fn config(entry: &ModuleEntry) -> BTreeMap<String, String> {
+    entry
+        .config
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                other => serde_json::to_string(other).unwrap_or_default(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
 }
 
 /// `*.wasm` files of the plugins folder that no manifest entry names.

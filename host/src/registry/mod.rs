@@ -62,8 +62,8 @@ pub struct Registry {
     pub(crate) rejected: Mutex<HashMap<PathBuf, Rejected>>,
     /// Why the last reload could not read plugins.toml (nothing changed then).
     manifest_error: Mutex<Option<String>>,
-    /// This host's metrics; here because they, like `stats`, outlive reloads.
-    pub metrics: Arc<Metrics>,
+    /// Where reloads and rollbacks are counted.
+    metrics: Arc<Metrics>,
 }
 
 pub(crate) fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -74,6 +74,14 @@ pub(crate) fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Registry {
+    /// An empty registry that counts reloads and rollbacks in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            ..Self::default()
+        }
+    }
+
     pub fn routes(&self) -> Arc<Routes> {
         match self.routes.read() {
             Ok(r) => r.clone(),

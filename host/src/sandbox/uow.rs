@@ -14,7 +14,7 @@ use std::sync::Arc;
 use switchyard_model::envelope::{self, CAUSATION_ID, CORRELATION_ID, Envelope, TIMESTAMP};
 use switchyard_model::grants::Grants;
 use switchyard_model::trace::TRACEPARENT;
-use switchyard_store::{Document, Store, StoreError, Write};
+use switchyard_store::{Document, MessageStore, StoreError, Write};
 
 /// Longest collection name a module may use, in bytes.
 pub const MAX_COLLECTION_LEN: usize = 128;
@@ -70,7 +70,8 @@ type DocKey = (String, String);
 
 pub struct UnitOfWork {
     pub grants: Arc<Grants>,
-    store: Option<Store>,
+    /// Where reads go: the host's store, or an in-memory one in tests.
+    store: Option<Arc<dyn MessageStore>>,
     pub message: Option<MessageMeta>,
     /// First read of each document, so later reads and writes agree.
     seen: HashMap<DocKey, Option<Document>>,
@@ -85,7 +86,7 @@ pub struct UnitOfWork {
 
 impl UnitOfWork {
     /// A unit of work for one message.
-    pub fn new(grants: Arc<Grants>, store: Store, message: MessageMeta) -> Self {
+    pub fn new(grants: Arc<Grants>, store: Arc<dyn MessageStore>, message: MessageMeta) -> Self {
         Self::build(grants, Some(store), Some(message))
     }
 
@@ -94,7 +95,11 @@ impl UnitOfWork {
         Self::build(grants, None, None)
     }
 
-    fn build(grants: Arc<Grants>, store: Option<Store>, message: Option<MessageMeta>) -> Self {
+    fn build(
+        grants: Arc<Grants>,
+        store: Option<Arc<dyn MessageStore>>,
+        message: Option<MessageMeta>,
+    ) -> Self {
         Self {
             grants,
             store,
@@ -108,9 +113,9 @@ impl UnitOfWork {
         }
     }
 
-    fn store(&self) -> Result<&Store, RepoFailure> {
+    fn store(&self) -> Result<&dyn MessageStore, RepoFailure> {
         self.store
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| RepoFailure::Unavailable("no message is being handled".into()))
     }
 

@@ -3,6 +3,8 @@
 //! (writes + events + inbox record) in one transaction. SQLite serves one
 //! host; PostgreSQL serves several hosts sharing one database.
 
+pub mod memory;
+pub mod message;
 mod postgres;
 mod sqlite;
 #[cfg(test)]
@@ -12,6 +14,8 @@ use std::time::Duration;
 
 use switchyard_model::envelope::Envelope;
 
+pub use memory::MemoryStore;
+pub use message::MessageStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -126,7 +130,7 @@ pub struct StoreOptions {
     pub max_connections: Option<u32>,
     /// In-process consumers follow the outbox by `seq` (no broker
     /// configured): PostgreSQL then makes seq order commit order, at a cost
-    /// (see `postgres::OUTBOX_LOCK`). SQLite's single writer gives it for free.
+    /// (see `postgres::outbox::OUTBOX_LOCK`). SQLite's single writer gives it for free.
     pub ordered_log: bool,
 }
 

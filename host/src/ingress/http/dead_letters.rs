@@ -31,7 +31,6 @@ pub(super) async fn list(
     check_admin(&state, &headers)?;
     let limit = params.limit.unwrap_or(100).min(MAX_DEAD_LETTERS);
     let letters = state
-        .dispatcher
         .store
         .dead_letters(params.topic.as_deref(), limit)
         .await
@@ -46,7 +45,6 @@ pub(super) async fn replay_one(
 ) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
     let letter = state
-        .dispatcher
         .store
         .dead_letter(&id)
         .await
@@ -75,24 +73,16 @@ async fn replay(state: &ApiState, letter: &DeadLetter) -> Result<Outcome, ApiErr
                 e.to_string(),
             )
         })?;
-    let module = state
-        .dispatcher
-        .registry
-        .routes()
-        .modules
-        .get(&letter.module)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no-route",
-                format!("module '{}' is not loaded", letter.module),
-            )
-        })?;
+    let module = state.dispatcher.module(&letter.module).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            format!("module '{}' is not loaded", letter.module),
+        )
+    })?;
     let outcome = state.dispatcher.deliver(&module, &envelope).await;
     if matches!(outcome, Outcome::Processed(_) | Outcome::Duplicate(_)) {
         state
-            .dispatcher
             .store
             .mark_replayed(&letter.id)
             .await
@@ -121,7 +111,6 @@ pub(super) async fn replay_topic(
         .unwrap_or(MAX_DEAD_LETTERS)
         .min(MAX_DEAD_LETTERS);
     let letters = state
-        .dispatcher
         .store
         .unreplayed_dead_letters(&params.topic, limit)
         .await

@@ -117,15 +117,13 @@ async fn submit(
     mut envelope: Envelope,
     wait: bool,
 ) -> Result<Response, ApiError> {
-    let routes = state.dispatcher.registry.routes();
-    let Some(module) = routes.commands.get(&envelope.topic).cloned() else {
+    let Some(module) = state.dispatcher.owner(&envelope.topic) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no-route",
             format!("no module owns topic '{}'", envelope.topic),
         ));
     };
-    drop(routes);
     envelope
         .headers
         .entry(envelope::CORRELATION_ID.to_string())
@@ -137,15 +135,11 @@ async fn submit(
                 .append(one)
                 .await
                 .map_err(|e| ApiError::internal("could not append to the broker", e))?,
-            None => {
-                state
-                    .dispatcher
-                    .store
-                    .append(one, "http")
-                    .await
-                    .map_err(|e| ApiError::internal("could not append the message", e))?;
-                state.dispatcher.log_appended.notify_waiters();
-            }
+            None => state
+                .dispatcher
+                .append_to_log(one, "http")
+                .await
+                .map_err(|e| ApiError::internal("could not append the message", e))?,
         }
         return Ok((StatusCode::ACCEPTED, Json(json!({"id": envelope.id}))).into_response());
     }

@@ -20,11 +20,20 @@ pub use guard::{Guard, MessageAccess, guarded};
 
 use crate::broker::Broker;
 use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::registry::reload::Reloader;
 use switchyard_model::outcome::{FailureKind, Outcome};
+use switchyard_store::Store;
 
+/// What the handlers work with: the bus for messages, and for operations
+/// the registry (module listing), the store (dead letters, message status,
+/// readiness), the metrics and the reloader.
 pub struct ApiState {
     pub dispatcher: Arc<Dispatcher>,
+    pub registry: Arc<Registry>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
     pub reloader: Arc<Reloader>,
     /// `None` turns the admin endpoints off (never open).
     pub admin_token: Option<String>,

@@ -38,7 +38,7 @@ fn module_json(
 }
 
 pub(super) async fn list_modules(State(state): State<Arc<ApiState>>) -> Json<serde_json::Value> {
-    let routes = state.dispatcher.registry.routes();
+    let routes = state.registry.routes();
     let problem_of = |name: &str| {
         routes
             .problems
@@ -62,7 +62,7 @@ pub(super) async fn list_modules(State(state): State<Arc<ApiState>>) -> Json<ser
     }
     Json(json!({
         "modules": modules,
-        "manifest_error": state.dispatcher.registry.manifest_error(),
+        "manifest_error": state.registry.manifest_error(),
     }))
 }
 
@@ -73,7 +73,7 @@ pub(super) async fn list_modules(State(state): State<Arc<ApiState>>) -> Json<ser
 pub(super) async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     let mut checks = serde_json::Map::new();
     let mut ready = true;
-    let database = match state.dispatcher.store.ping().await {
+    let database = match state.store.ping().await {
         Ok(()) => json!({"ok": true, "error": null}),
         Err(e) => {
             tracing::warn!(error = %e, "readiness: database unreachable");
@@ -91,7 +91,7 @@ pub(super) async fn ready(State(state): State<Arc<ApiState>>) -> Response {
         let error = (!up).then_some("unreachable");
         checks.insert(broker.name().into(), json!({"ok": up, "error": error}));
     }
-    let routes = state.dispatcher.registry.routes();
+    let routes = state.registry.routes();
     checks.insert(
         "modules".into(),
         json!({"loaded": routes.modules.len(), "failed": routes.problems.len()}),
@@ -122,7 +122,13 @@ fn dependency_error(e: &switchyard_store::StoreError) -> String {
 }
 
 pub(super) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let text = crate::ingress::scrape::scrape(&state.dispatcher, &state.brokers).await;
+    let text = crate::ingress::scrape::scrape(
+        &state.registry,
+        &state.store,
+        &state.metrics,
+        &state.brokers,
+    )
+    .await;
     (
         [(
             header::CONTENT_TYPE,

@@ -30,12 +30,12 @@ pub(super) async fn message_status(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
-    let routes = state.dispatcher.registry.routes();
+    let routes = state.registry.routes();
     let modules: Vec<String> = match params.module {
         Some(m) => vec![m],
         None => routes.modules.keys().cloned().collect(),
     };
-    let store = &state.dispatcher.store;
+    let store = &state.store;
     let unavailable = |e| ApiError::internal("could not look the message up", e);
     let processed = store
         .inbox_records(&id, &modules)

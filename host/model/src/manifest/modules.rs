@@ -1,0 +1,159 @@
+//! `[modules.NAME]`: one entry per module, naming its component file, its
+//! topics and grants, and its limits.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::Invalid;
+use crate::envelope::check_name;
+
+/// Linear memory cap of one module instance.
+pub const DEFAULT_MAX_MEMORY_MB: u64 = 64;
+/// Wall-clock budget of one `handle` call.
+pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
+/// Attempts before a transient failure becomes a dead letter.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// First retry delay; doubled per attempt, with jitter.
+pub const DEFAULT_BACKOFF_MS: u64 = 100;
+/// Upper bound of `max-memory-mb` (the pooling allocator reserves this much per slot).
+pub const MAX_MEMORY_MB_LIMIT: u64 = 4_096;
+
+/// One `[modules.NAME]` table. Compared on reload: an unchanged entry with
+/// an unchanged file keeps its loaded module.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ModuleEntry {
+    /// The component, relative to `plugins-dir`.
+    pub file: String,
+    /// Shell command that builds it, run from the manifest's folder.
+    #[serde(default)]
+    pub build: Option<String>,
+    /// Where the build command leaves the component (relative to the
+    /// manifest's folder); `switchyard build` copies it to `file`.
+    #[serde(default)]
+    pub artifact: Option<String>,
+    /// Command topics it owns; `describe`'s list when absent.
+    #[serde(default)]
+    pub topics: Option<Vec<String>>,
+    /// Event topics it listens to; `describe`'s list when absent.
+    #[serde(default)]
+    pub subscribes: Option<Vec<String>>,
+    /// Topics it may emit to; `describe`'s list when absent.
+    #[serde(default)]
+    pub emits: Option<Vec<String>>,
+    /// Modules whose collections it may read.
+    #[serde(default)]
+    pub reads: Vec<String>,
+    #[serde(default = "default_max_memory_mb")]
+    pub max_memory_mb: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// Overrides `host.rollback-after` for this module.
+    #[serde(default)]
+    pub rollback_after: Option<u32>,
+    /// Handed to the module through the `config` import.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_max_memory_mb() -> u64 {
+    DEFAULT_MAX_MEMORY_MB
+}
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_max_attempts() -> u32 {
+    DEFAULT_MAX_ATTEMPTS
+}
+fn default_backoff_ms() -> u64 {
+    DEFAULT_BACKOFF_MS
+}
+
+/// Checks every entry, in name order; the first bad one is the error.
+pub(super) fn validate(
+    modules: BTreeMap<String, ModuleEntry>,
+) -> Result<BTreeMap<String, ModuleEntry>, Invalid> {
+    for (name, entry) in &modules {
+        check_module_name(name).map_err(|m| Invalid::new(format!("modules.{name}"), m))?;
+        entry.check(name)?;
+    }
+    Ok(modules)
+}
+
+impl ModuleEntry {
+    /// Checks the entry of module `name`; errors name `modules.<name>.<key>`.
+    fn check(&self, name: &str) -> Result<(), Invalid> {
+        let invalid =
+            |k: &str, message: String| Invalid::new(format!("modules.{name}.{k}"), message);
+        if self.file.is_empty()
+            || Path::new(&self.file).components().count() != 1
+            || !self.file.ends_with(".wasm")
+        {
+            return Err(invalid(
+                "file",
+                format!(
+                    "{:?} must be a `*.wasm` file name inside plugins-dir",
+                    self.file
+                ),
+            ));
+        }
+        for (list_key, list) in [
+            ("topics", &self.topics),
+            ("subscribes", &self.subscribes),
+            ("emits", &self.emits),
+        ] {
+            for topic in list.iter().flatten() {
+                check_name("topic", topic)
+                    .map_err(|e| invalid(list_key, format!("{topic:?}: {e}")))?;
+            }
+        }
+        for other in &self.reads {
+            check_module_name(other).map_err(|m| invalid("reads", m))?;
+        }
+        self.check_limits().map_err(|(k, m)| invalid(k, m))
+    }
+
+    /// The numeric limits and the build pair, as (key, message).
+    fn check_limits(&self) -> Result<(), (&'static str, String)> {
+        if self.max_memory_mb == 0 || self.max_memory_mb > MAX_MEMORY_MB_LIMIT {
+            return Err((
+                "max-memory-mb",
+                format!("must be 1 to {MAX_MEMORY_MB_LIMIT}"),
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(("timeout-ms", "must be at least 1".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err(("max-attempts", "must be at least 1".into()));
+        }
+        if self.artifact.is_some() && self.build.is_none() {
+            return Err((
+                "artifact",
+                "needs a `build` command that produces it".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn check_module_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "module name {name:?} must be 1 to 64 of [A-Za-z0-9_-]"
+        ))
+    }
+}

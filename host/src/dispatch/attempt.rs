@@ -1,0 +1,233 @@
+//! One try of one message: the inbox, a fresh instance running `handle`
+//! under the module's limits, and the commit of its unit of work.
+
+use serde_json::value::RawValue;
+
+use super::{ATTEMPT, Dispatcher};
+use crate::registry::LoadedModule;
+use crate::sandbox::bindings::switchyard::module::types as wit;
+use crate::sandbox::engine::EPOCH_TICK;
+use crate::sandbox::uow::{MessageMeta, UnitOfWork};
+use switchyard_model::envelope::Envelope;
+use switchyard_model::outcome::{Answer, FailureKind};
+use switchyard_model::trace;
+use switchyard_store::{Commit, StoreError};
+
+/// One try of one message.
+pub(super) enum Attempt {
+    Committed(Answer),
+    Duplicate(Answer),
+    Conflict,
+    Failed(FailureKind, String),
+}
+
+impl Dispatcher {
+    /// One try: the inbox first (a processed id answers as before), then a
+    /// fresh instance runs `handle`, then its unit of work commits.
+    pub(super) async fn attempt(
+        &self,
+        module: &LoadedModule,
+        envelope: &Envelope,
+        attempt: u32,
+        trace: &trace::Handling,
+    ) -> Attempt {
+        match self.store.inbox_answer(&module.name, &envelope.id).await {
+            Ok(Some(answer)) => return decode_answer(&answer),
+            Ok(None) => {}
+            Err(e) => return Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
+        }
+        let Ok(_permit) = self.instances.acquire().await else {
+            return Attempt::Failed(FailureKind::Unavailable, "host is shutting down".into());
+        };
+        match self.run_guest(module, envelope, attempt, trace).await {
+            Ok((output, uow)) => self.commit(module, envelope, output, uow).await,
+            Err(failed) => failed,
+        }
+    }
+
+    /// Runs `handle` in a fresh instance under the module's limits: its
+    /// output (JSON) and unit of work, or how the try ended instead.
+    async fn run_guest(
+        &self,
+        module: &LoadedModule,
+        envelope: &Envelope,
+        attempt: u32,
+        trace: &trace::Handling,
+    ) -> Result<(Box<RawValue>, UnitOfWork), Attempt> {
+        let meta = MessageMeta {
+            id: envelope.id.clone(),
+            correlation_id: envelope.correlation_id().to_string(),
+            traceparent: trace.child(),
+        };
+        let uow = UnitOfWork::new(module.grants.clone(), self.store.clone(), meta);
+        let mut store =
+            self.engine
+                .new_store(uow, module.limits.max_memory_mb, module.limits.timeout);
+        let message = guest_envelope(envelope, attempt);
+        let call = async {
+            let instantiating = std::time::Instant::now();
+            let guest = module.pre.instantiate_async(&mut store).await?;
+            self.metrics
+                .instantiated(&module.name, instantiating.elapsed());
+            guest.call_handle(&mut store, &message).await
+        };
+        // The epoch deadline stops guest code; this also bounds time spent
+        // inside host calls.
+        let timeout = module.limits.timeout;
+        let result = tokio::time::timeout(timeout + EPOCH_TICK * 3, call).await;
+        let peak = u64::try_from(store.data().peak_memory()).unwrap_or(u64::MAX);
+        (module.stats.peak_memory).fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
+        let uow = &store.data().uow;
+        if let Some(e) = &uow.store_error {
+            return Err(Attempt::Failed(
+                FailureKind::Unavailable,
+                format!("store: {e}"),
+            ));
+        }
+        let output = match result {
+            Err(_) => Err(Attempt::Failed(
+                FailureKind::Timeout,
+                format!("ran past its {timeout:?}"),
+            )),
+            Ok(Err(e)) => Err(match e.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => {
+                    Attempt::Failed(FailureKind::Timeout, format!("ran past its {timeout:?}"))
+                }
+                _ => Attempt::Failed(FailureKind::Trap, trap_message(&e)),
+            }),
+            Ok(Ok(Err(error))) => Err(refused(error, uow.conflicted)),
+            Ok(Ok(Ok(output))) => RawValue::from_string(output).map_err(|e| {
+                Attempt::Failed(
+                    FailureKind::Trap,
+                    format!("handle returned text that is not JSON: {e}"),
+                )
+            }),
+        }?;
+        let uow = std::mem::replace(
+            &mut store.data_mut().uow,
+            UnitOfWork::detached(module.grants.clone()),
+        );
+        Ok((output, uow))
+    }
+
+    /// Commits a handled message's unit of work with its answer.
+    async fn commit(
+        &self,
+        module: &LoadedModule,
+        envelope: &Envelope,
+        output: Box<RawValue>,
+        uow: UnitOfWork,
+    ) -> Attempt {
+        let (writes, events) = uow.into_parts();
+        let answer = Answer {
+            output,
+            events: events.iter().map(event_json).collect(),
+        };
+        let answer_text = match serde_json::to_string(&answer) {
+            Ok(t) => t,
+            Err(e) => {
+                return Attempt::Failed(
+                    FailureKind::Trap,
+                    format!("answer does not serialise: {e}"),
+                );
+            }
+        };
+        let commit = Commit {
+            module: &module.name,
+            message_id: &envelope.id,
+            answer: &answer_text,
+            writes: &writes,
+            events: &events,
+        };
+        match self.store.commit(&commit).await {
+            Ok(()) => {
+                if !events.is_empty() {
+                    self.log_appended.notify_waiters();
+                }
+                Attempt::Committed(answer)
+            }
+            Err(StoreError::Conflict { .. }) => Attempt::Conflict,
+            // Bad output of the module: retried, then dead-lettered. The
+            // database's own words stay in the host's log.
+            Err(StoreError::Refused(detail)) => {
+                tracing::warn!(module = %module.name, id = %envelope.id, %detail, "store refused the unit of work");
+                Attempt::Failed(
+                    FailureKind::Trap,
+                    "the store cannot hold a value the module wrote".into(),
+                )
+            }
+            Err(StoreError::Duplicate) => {
+                match self.store.inbox_answer(&module.name, &envelope.id).await {
+                    Ok(Some(a)) => decode_answer(&a),
+                    Ok(None) => Attempt::Conflict,
+                    Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
+                }
+            }
+            Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
+        }
+    }
+}
+
+/// The envelope as the guest receives it, with the attempt number (from
+/// 1) as a header it may look at (e.g. to log it).
+fn guest_envelope(envelope: &Envelope, attempt: u32) -> wit::Envelope {
+    wit::Envelope {
+        id: envelope.id.clone(),
+        topic: envelope.topic.clone(),
+        subtopic: envelope.subtopic.clone(),
+        headers: envelope
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(std::iter::once((ATTEMPT.to_string(), attempt.to_string())))
+            .collect(),
+        body: envelope.body_text().to_string(),
+    }
+}
+
+/// A typed error the module returned. `transient` after a version conflict
+/// is the SDK's way of saying "conflict": run the message again on fresh
+/// state.
+fn refused(error: wit::HandleError, conflicted: bool) -> Attempt {
+    match error {
+        wit::HandleError::Invalid(m) => Attempt::Failed(FailureKind::Invalid, m),
+        wit::HandleError::Rejected(m) => Attempt::Failed(FailureKind::Rejected, m),
+        wit::HandleError::Transient(_) if conflicted => Attempt::Conflict,
+        wit::HandleError::Transient(m) => Attempt::Failed(FailureKind::Transient, m),
+    }
+}
+
+fn decode_answer(text: &str) -> Attempt {
+    match serde_json::from_str::<Answer>(text) {
+        Ok(a) => Attempt::Duplicate(a),
+        Err(e) => Attempt::Failed(
+            FailureKind::Unavailable,
+            format!("stored answer does not decode: {e}"),
+        ),
+    }
+}
+
+fn event_json(e: &Envelope) -> serde_json::Value {
+    serde_json::to_value(e).unwrap_or_default()
+}
+
+/// The trap's reason and the guest function it happened in, without the
+/// whole wasm backtrace (that goes to the log).
+fn trap_message(e: &wasmtime::Error) -> String {
+    let reason = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    let function = e
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .and_then(|bt| bt.frames().first())
+        .and_then(|f| {
+            f.func_name()
+                .map(|name| format!("{:#}", rustc_demangle::demangle(name)))
+        });
+    tracing::debug!(error = ?e, "guest trap");
+    match function {
+        Some(f) => format!("trapped: {reason} (in {f})"),
+        None => format!("trapped: {reason}"),
+    }
+}

@@ -1,0 +1,77 @@
+//! Dead letters: recorded with their failure event, listed, replaced by a
+//! later failure of the same message, marked replayed.
+
+use super::*;
+
+pub(super) async fn dead_letters_are_listed_replaced_and_marked_replayed(store: Store) {
+    let letter = DeadLetter {
+        id: "dl-1".into(),
+        module: "orders".into(),
+        message_id: "m-9".into(),
+        topic: "orders".into(),
+        subtopic: "place".into(),
+        envelope: serde_json::json!({"id": "m-9", "topic": "orders", "body": {"qty": 1}}),
+        error_kind: "invalid".into(),
+        error_message: "qty must be positive".into(),
+        attempts: 1,
+        created_at: String::new(),
+        replayed_at: None,
+    };
+    let failed = event("f-1", "orders.failed", r#"{"kind":"invalid"}"#);
+    store
+        .record_failure(Some(&letter), Some(&failed))
+        .await
+        .unwrap();
+    store
+        .record_failure(
+            Some(&DeadLetter {
+                id: "dl-2".into(),
+                topic: "inventory".into(),
+                module: "inventory".into(),
+                ..letter.clone()
+            }),
+            None,
+        )
+        .await
+        .unwrap();
+
+    let listed = store.dead_letters(Some("orders"), 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let d = &listed[0];
+    assert_eq!(
+        (d.id.as_str(), d.error_kind.as_str(), d.attempts),
+        ("dl-1", "invalid", 1)
+    );
+    assert_eq!(d.envelope["body"]["qty"], 1);
+    assert!(d.created_at.ends_with('Z'), "{}", d.created_at);
+    assert_eq!(store.dead_letters(None, 10).await.unwrap().len(), 2);
+    assert_eq!(whole_log(&store, &["orders.failed"]).await, ["f-1"]);
+
+    store.mark_replayed("dl-1").await.unwrap();
+    let replayed = store.dead_letter("dl-1").await.unwrap().unwrap();
+    assert!(replayed.replayed_at.is_some());
+    // The same message failing again replaces its letter, un-replayed.
+    store
+        .record_failure(
+            Some(&DeadLetter {
+                id: "dl-3".into(),
+                attempts: 5,
+                error_kind: "transient".into(),
+                ..letter
+            }),
+            None,
+        )
+        .await
+        .unwrap();
+    let listed = store.dead_letters(Some("orders"), 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].attempts,
+            listed[0].error_kind.as_str(),
+            listed[0].replayed_at.is_none()
+        ),
+        (5, "transient", true)
+    );
+    assert!(store.dead_letter("nope").await.unwrap().is_none());
+}
