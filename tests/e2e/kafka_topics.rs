@@ -41,13 +41,13 @@ fn tansu_binary() -> String {
 }
 
 /// A tansu broker of the test's own.
-struct Broker {
-    address: String,
+pub(crate) struct Broker {
+    pub(crate) address: String,
     child: Child,
 }
 
 impl Broker {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
         let url = format!("tcp://{address}");
@@ -75,7 +75,7 @@ impl Broker {
         Self { address, child }
     }
 
-    fn section(&self) -> String {
+    pub(crate) fn section(&self) -> String {
         // Short session timeouts so a killed member's partitions move quickly.
         format!(
             "[kafka]\nbrokers = \"{}\"\ngroup = \"test\"\npartitions = 3\n[kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\"auto.commit.interval.ms\" = \"500\"\n",
@@ -84,14 +84,14 @@ impl Broker {
     }
 
     /// A project with the example modules consuming from this broker.
-    fn examples(&self) -> Project {
+    pub(crate) fn examples(&self) -> Project {
         Project::new(
             &["orders", "inventory"],
             &format!("{}{EXAMPLES}", self.section()),
         )
     }
 
-    fn producer(&self) -> FutureProducer {
+    pub(crate) fn producer(&self) -> FutureProducer {
         ClientConfig::new()
             .set("bootstrap.servers", &self.address)
             .create()
@@ -100,7 +100,7 @@ impl Broker {
 
     /// Produces an envelope value (key = partition key or id), as a user's
     /// service would; returns the delivery report's partition and offset.
-    async fn produce(
+    pub(crate) async fn produce(
         &self,
         producer: &FutureProducer,
         topic: &str,
@@ -182,7 +182,7 @@ impl Drop for Broker {
     }
 }
 
-fn envelope(topic: &str, subtopic: &str, body: serde_json::Value) -> String {
+pub(crate) fn envelope(topic: &str, subtopic: &str, body: serde_json::Value) -> String {
     json!({"topic": topic, "subtopic": subtopic, "body": body}).to_string()
 }
 
@@ -693,7 +693,7 @@ async fn deliver_to(producer: &FutureProducer, topic: &str, partition: i32, valu
 }
 
 /// Waits until the host created `topic` with its 3 partitions.
-async fn three_partitions(broker: &Broker, topic: &str) {
+pub(crate) async fn three_partitions(broker: &Broker, topic: &str) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.address)
         .create()

@@ -9,6 +9,8 @@ mod cli;
 mod concurrency;
 mod failures;
 #[cfg(feature = "kafka")]
+mod kafka_reload;
+#[cfg(feature = "kafka")]
 mod kafka_topics;
 mod operations;
 mod postgres;

@@ -60,14 +60,14 @@ fn variant(component: &[u8], tag: &str) -> Vec<u8> {
 
 /// Installs `bytes` as `plugins/<file>` the way `switchyard build` does: a
 /// temporary `*.wasm.partial` renamed into place.
-fn install(project: &Project, file: &str, bytes: &[u8]) {
+pub(crate) fn install(project: &Project, file: &str, bytes: &[u8]) {
     let target = project.dir.path().join("plugins").join(file);
     let tmp = target.with_extension("wasm.partial");
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, &target).unwrap();
 }
 
-fn edit_manifest(project: &Project, edit: impl FnOnce(String) -> String) {
+pub(crate) fn edit_manifest(project: &Project, edit: impl FnOnce(String) -> String) {
     let path = project.manifest_path();
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, edit(text)).unwrap();
@@ -79,7 +79,7 @@ async fn modules(host: &TestHost) -> Value {
     body
 }
 
-async fn module(host: &TestHost, name: &str) -> Option<Value> {
+pub(crate) async fn module(host: &TestHost, name: &str) -> Option<Value> {
     modules(host).await["modules"]
         .as_array()
         .unwrap()
