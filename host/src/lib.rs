@@ -1,29 +1,30 @@
 //! Switchyard: a host for event-driven modular monoliths whose modules are
 //! sandboxed WebAssembly components.
 //!
-//! The flow of one message, file by file:
+//! The host is three crates, each layer naming only the layers below it
+//! (`docs/architecture.md` has the picture, one message's path through the
+//! functions, and where to add a broker, a capability or a store):
 //!
-//! - [`ingress`]: HTTP, Redis Streams and the embedded log turn input into envelopes;
-//! - [`relay`]: committed outbox events -> their topics' streams;
-//! - [`envelope`]: the message format and its validation;
-//! - [`registry`]: loaded modules and the topic -> module routes, swapped
-//!   on reload, with rollback of a new version that fails its first messages;
-//! - [`watch`]: hot reload: the plugins folder and plugins.toml -> registry;
-//! - [`cache`]: compiled components on disk, keyed by sha256 and engine;
-//! - [`dispatch`]: one message through one module: fresh instance, `handle`,
-//!   commit, retries, failure events and dead letters;
-//! - [`engine`]: wasmtime (pooling allocator, epoch deadlines, memory caps);
-//! - [`capabilities`]: the WIT imports a module gets (repository, events,
-//!   config, log, clock), bound to the message's [`uow`] unit of work;
-//! - [`store`]: documents, inbox, outbox/log, dead letters (SQLite, or
-//!   PostgreSQL for several hosts on one database); [`retention`] deletes
-//!   old inbox and outbox rows;
-//! - [`trace`]: W3C `traceparent` carried from a message to its events;
-//!   [`telemetry`]: its spans exported over OTLP when configured;
-//! - [`manifest`]: `plugins.toml`; [`builder`]: `switchyard build`;
-//!   [`lint`]: `switchyard check`'s module lints (WIT version, grants);
-//! - [`metrics`]: the Prometheus series of `/metrics`;
-//! - [`server`]: wiring and shutdown; [`cli`]: the command line.
+//! - `switchyard-model` (re-exported here as [`envelope`], [`manifest`],
+//!   [`grants`], [`outcome`], [`trace`]): the data model, no runtime;
+//! - `switchyard-store` (re-exported as [`store`]): documents, inbox,
+//!   outbox/log, cursors and dead letters on SQLite or PostgreSQL;
+//! - this crate, bottom to top:
+//!   - [`backoff`], [`metrics`]: the one retry pause; the Prometheus series;
+//!   - [`broker`]: the Redis and Kafka clients (append, ack, `T.dlq`, lag);
+//!   - [`sandbox`]: wasmtime, the WIT bindings, the capabilities a module
+//!     imports, the message's unit of work, the compiled-component cache;
+//!   - [`registry`]: loaded modules and the topic routes, reload, rollback,
+//!     the plugins-folder watcher;
+//!   - [`telemetry`]: span export over OTLP;
+//!   - [`dispatch`]: one message through one module, and the failure policy
+//!     (retries, failure events, dead letters);
+//!   - [`relay`]: committed outbox events -> the broker;
+//!   - [`ingress`]: HTTP, Redis Streams, Kafka and the embedded log, the
+//!     broker consumers on one core ([`ingress::consumer`]);
+//!   - [`app`]: wiring, shutdown and retention;
+//!   - [`cli`], [`builder`], [`lint`]: the command line, `switchyard build`,
+//!     `switchyard check`'s lints.
 
 pub mod app;
 pub mod backoff;
