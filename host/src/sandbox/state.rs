@@ -12,7 +12,7 @@ use super::uow::UnitOfWork;
 pub struct HostState {
     /// WASI streams the guest opened (stdin, stdout, stderr).
     pub(crate) table: ResourceTable,
-    limits: Limits,
+    limits: MemoryLimiter,
     pub uow: UnitOfWork,
 }
 
@@ -20,7 +20,7 @@ impl HostState {
     pub(super) fn new(limits: StoreLimits, uow: UnitOfWork) -> Self {
         Self {
             table: ResourceTable::new(),
-            limits: Limits {
+            limits: MemoryLimiter {
                 inner: limits,
                 peak: 0,
             },
@@ -41,12 +41,12 @@ impl HostState {
 
 /// wasmtime's store limits, plus the peak linear memory they let through
 /// (for `switchyard_guest_memory_peak_bytes`).
-struct Limits {
+struct MemoryLimiter {
     inner: StoreLimits,
     peak: usize,
 }
 
-impl ResourceLimiter for Limits {
+impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
         current: usize,
