@@ -21,6 +21,7 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -83,6 +84,21 @@ async fn create_topics(broker: &Broker, topics: &[&str]) {
     for topic in topics {
         three_partitions(broker, topic).await;
     }
+}
+
+/// A broker with the examples' topics and a host serving orders alone (no
+/// inventory yet: the tests drop it in).
+async fn orders_alone() -> (Broker, Project, TestHost, FutureProducer) {
+    let broker = Broker::start();
+    create_topics(
+        &broker,
+        &["orders", "orders.events", "inventory", "inventory.events"],
+    )
+    .await;
+    let project = Project::new(&["orders"], &format!("{}{ORDERS}", broker.section()));
+    let host = project.start().await;
+    let producer = broker.producer();
+    (broker, project, host, producer)
 }
 
 /// The stock of `sku` as inventory answers over HTTP; None while unknown.
@@ -257,15 +273,7 @@ async fn a_subscription_added_by_a_live_manifest_edit_is_consumed_from_kafka_wit
 /// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_dropped_in_after_start_is_consumed_from_kafka_without_restart() {
-    let broker = Broker::start();
-    create_topics(
-        &broker,
-        &["orders", "orders.events", "inventory", "inventory.events"],
-    )
-    .await;
-    let project = Project::new(&["orders"], &format!("{}{ORDERS}", broker.section()));
-    let host = project.start().await;
-    let producer = broker.producer();
+    let (broker, project, host, producer) = orders_alone().await;
 
     install(
         &project,
@@ -333,15 +341,7 @@ async fn a_module_dropped_in_after_start_is_consumed_from_kafka_without_restart(
 /// the running host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_removed_and_dropped_in_again_is_consumed_from_kafka_without_restart() {
-    let broker = Broker::start();
-    create_topics(
-        &broker,
-        &["orders", "orders.events", "inventory", "inventory.events"],
-    )
-    .await;
-    let project = Project::new(&["orders"], &format!("{}{ORDERS}", broker.section()));
-    let host = project.start().await;
-    let producer = broker.producer();
+    let (broker, project, host, producer) = orders_alone().await;
     let component = std::fs::read(wasm("inventory")).expect("inventory component");
     let restock = envelope("inventory", "restock", json!({"sku": "kiwi", "qty": 1}));
 

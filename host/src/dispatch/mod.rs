@@ -4,6 +4,8 @@
 
 mod attempt;
 mod failure;
+#[cfg(test)]
+pub(crate) mod tests;
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;

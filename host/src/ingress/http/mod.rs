@@ -6,6 +6,8 @@ mod guard;
 mod messages;
 mod operations;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

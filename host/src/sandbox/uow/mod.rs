@@ -419,3 +419,6 @@ fn check_address(collection: &str, key: &str) -> Result<(), RepoFailure> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
