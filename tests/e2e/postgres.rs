@@ -153,9 +153,15 @@ impl HostProcess {
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the host reports its address");
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(e) => {
+                // Not left running after the test fails.
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the host reports its address: {e}");
+            }
+        };
         Self {
             child,
             base: format!("http://{addr}"),

@@ -1,11 +1,12 @@
 //! The consumer core shared by every broker consumer (Redis Streams, Kafka,
-//! the embedded log): supervision (a consumer per module, started as modules
-//! appear), the module's current version ([`Dispatcher::module`], asked
-//! for every message so reloads are followed), one
-//! [`Settle`] decision per handled message with a typed [`DeadReason`], and
-//! the dead-letter record of a message that is not an envelope. Pauses
-//! after failures use the one [`Backoff`](crate::backoff::Backoff). A broker file keeps only what is its own: how it reads,
-//! acknowledges and copies to `T.dlq`.
+//! the embedded log): supervision (a consumer per module, started as
+//! modules appear), the module's current version ([`Dispatcher::module`],
+//! asked for every message so reloads are followed), one [`Settle`]
+//! decision per handled message with a typed [`DeadReason`], and the
+//! dead-letter record of a message that is not an envelope. Pauses after
+//! failures use the one [`Backoff`](crate::backoff::Backoff). A broker file
+//! keeps only what is its own: how it reads, acknowledges and copies to
+//! `T.dlq`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
