@@ -19,6 +19,7 @@ use switchyard::manifest::{Manifest, OtlpProtocol, TelemetrySettings};
 use switchyard::metrics::Metrics;
 use switchyard::outcome::Outcome;
 use switchyard::registry::{Grants, LoadedModule, Registry};
+use switchyard::sandbox::bindings::switchyard::module::types::Envelope as GuestEnvelope;
 use switchyard::sandbox::engine::Engine;
 use switchyard::sandbox::uow::UnitOfWork;
 use switchyard::store::{Commit, Store, Write};
@@ -48,75 +49,137 @@ fn plugins_built() -> anyhow::Result<PathBuf> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let wasm = plugins_built()?;
-    let dir = tempfile::tempdir()?;
-    std::fs::create_dir_all(dir.path().join("plugins"))?;
-    std::fs::copy(&wasm, dir.path().join("plugins/inventory.wasm"))?;
-    let manifest_text =
-        "[modules.inventory]\nfile = \"inventory.wasm\"\nemits = [\"inventory.events\"]\n";
-    let manifest = Manifest::parse(&dir.path().join("plugins.toml"), manifest_text)?;
-
-    let store = Store::connect(&manifest.host.database).await?;
-    let engine = Arc::new(Engine::new()?);
-    let metrics = Arc::new(Metrics::new());
-    let registry = Arc::new(Registry::new(metrics.clone()));
-    let routes = registry.load(&engine, &manifest, None).await;
-    anyhow::ensure!(
-        routes.problems.is_empty(),
-        "load problems: {:?}",
-        routes.problems
-    );
-    let module = routes
-        .modules
-        .get("inventory")
-        .cloned()
-        .context("inventory loaded")?;
-    registry.replace(routes);
-    let dispatcher = Arc::new(Dispatcher::new(
-        engine.clone(),
-        Arc::new(store.clone()),
-        registry.clone(),
-        metrics.clone(),
-    ));
-
+    let bench = Bench::load(&plugins_built()?).await?;
     println!(
         "dispatch benchmark: inventory/restock, {MESSAGES} messages per round, median of {ROUNDS} rounds"
     );
-    let bare = median(ROUNDS, || bare_call(&engine, &module)).await;
-    print_rate("  bare instantiate + handle (no store call):   ", bare);
-    print_breakdown(&engine, &module).await;
+    bare_sandbox(&bench).await;
     if std::env::var_os("DISPATCH_BENCH_ONLY_BARE").is_some() {
         // For profiling the sandbox alone (`perf record`).
         return Ok(());
     }
-
+    // Numbers the rounds, so every round restocks skus of its own.
     let mut round = 0usize;
     for (label, concurrency) in [("1 in flight", 1), ("32 in flight", CONCURRENCY)] {
-        let wasm_per = median(ROUNDS, || {
-            round += 1;
-            wasm_round(dispatcher.clone(), module.clone(), round, concurrency)
-        })
-        .await;
-        let native_per = median(ROUNDS, || {
-            round += 1;
-            native_round(store.clone(), round, concurrency)
-        })
-        .await;
-        println!("  {label}:");
-        print_rate("    wasm module, fresh instance, SQLite commit: ", wasm_per);
-        print_rate(
-            "    native function, same store and rows:       ",
-            native_per,
-        );
-        println!(
-            "    ratio wasm/native throughput:              {:>8.2}",
-            native_per.as_secs_f64() / wasm_per.as_secs_f64()
-        );
+        wasm_vs_native(&bench, &mut round, label, concurrency).await;
     }
+    telemetry_cost(&bench, &mut round).await?;
+    Ok(())
+}
 
-    // The cost of `[telemetry]`: the same rounds with every handling's span
-    // exported over OTLP/HTTP to a local sink, against the same dispatcher
-    // without export, rounds interleaved.
+/// The inventory module loaded from a temporary project, beside the store,
+/// engine, registry and metrics a dispatcher is made of.
+struct Bench {
+    engine: Arc<Engine>,
+    store: Store,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    module: Arc<LoadedModule>,
+    /// A dispatcher without telemetry.
+    dispatcher: Arc<Dispatcher>,
+    /// The project folder (plugins, database), kept to the end.
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    async fn load(wasm: &Path) -> anyhow::Result<Bench> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("plugins"))?;
+        std::fs::copy(wasm, dir.path().join("plugins/inventory.wasm"))?;
+        let manifest_text =
+            "[modules.inventory]\nfile = \"inventory.wasm\"\nemits = [\"inventory.events\"]\n";
+        let manifest = Manifest::parse(&dir.path().join("plugins.toml"), manifest_text)?;
+
+        let store = Store::connect(&manifest.host.database).await?;
+        let engine = Arc::new(Engine::new()?);
+        let metrics = Arc::new(Metrics::new());
+        let registry = Arc::new(Registry::new(metrics.clone()));
+        let routes = registry.load(&engine, &manifest, None).await;
+        anyhow::ensure!(
+            routes.problems.is_empty(),
+            "load problems: {:?}",
+            routes.problems
+        );
+        let module = routes
+            .modules
+            .get("inventory")
+            .cloned()
+            .context("inventory loaded")?;
+        registry.replace(routes);
+        let dispatcher = Arc::new(new_dispatcher(&engine, &store, &registry, &metrics));
+        Ok(Bench {
+            engine,
+            store,
+            registry,
+            metrics,
+            module,
+            dispatcher,
+            _dir: dir,
+        })
+    }
+}
+
+/// A dispatcher without telemetry over these parts.
+fn new_dispatcher(
+    engine: &Arc<Engine>,
+    store: &Store,
+    registry: &Arc<Registry>,
+    metrics: &Arc<Metrics>,
+) -> Dispatcher {
+    Dispatcher::new(
+        engine.clone(),
+        Arc::new(store.clone()),
+        registry.clone(),
+        metrics.clone(),
+    )
+}
+
+/// The sandbox alone: instantiate + `handle` without any store call, and
+/// where its time goes; the per-message time.
+async fn bare_sandbox(bench: &Bench) -> Duration {
+    let bare = median(ROUNDS, || bare_call(&bench.engine, &bench.module)).await;
+    print_rate("  bare instantiate + handle (no store call):   ", bare);
+    print_breakdown(&bench.engine, &bench.module).await;
+    bare
+}
+
+/// The module through the dispatcher against the same logic as a native
+/// function, with `concurrency` messages in flight; per-message times
+/// (wasm, native). `round` numbers the rounds run so far.
+async fn wasm_vs_native(
+    bench: &Bench,
+    round: &mut usize,
+    label: &str,
+    concurrency: usize,
+) -> (Duration, Duration) {
+    let (dispatcher, module) = (&bench.dispatcher, &bench.module);
+    let wasm_per = median(ROUNDS, || {
+        *round += 1;
+        wasm_round(dispatcher.clone(), module.clone(), *round, concurrency)
+    })
+    .await;
+    let native_per = median(ROUNDS, || {
+        *round += 1;
+        native_round(bench.store.clone(), *round, concurrency)
+    })
+    .await;
+    println!("  {label}:");
+    print_rate("    wasm module, fresh instance, SQLite commit: ", wasm_per);
+    print_rate(
+        "    native function, same store and rows:       ",
+        native_per,
+    );
+    println!(
+        "    ratio wasm/native throughput:              {:>8.2}",
+        native_per.as_secs_f64() / wasm_per.as_secs_f64()
+    );
+    (wasm_per, native_per)
+}
+
+/// The cost of `[telemetry]`: the same rounds with every handling's span
+/// exported over OTLP/HTTP to a local sink, against the same dispatcher
+/// without export, rounds interleaved; per-message times (without, with).
+async fn telemetry_cost(bench: &Bench, round: &mut usize) -> anyhow::Result<(Duration, Duration)> {
     let sink = otlp_sink().await?;
     let telemetry = Telemetry::start(&TelemetrySettings {
         otlp_endpoint: sink,
@@ -125,20 +188,16 @@ async fn run() -> anyhow::Result<()> {
     })?;
     let telemetry = Arc::new(telemetry);
     let exporting = Arc::new(
-        Dispatcher::new(
-            engine.clone(),
-            Arc::new(store.clone()),
-            registry.clone(),
-            metrics.clone(),
-        )
-        .with_telemetry(Some(telemetry.clone())),
+        new_dispatcher(&bench.engine, &bench.store, &bench.registry, &bench.metrics)
+            .with_telemetry(Some(telemetry.clone())),
     );
     let (mut plain, mut exported) = (Vec::new(), Vec::new());
+    let (dispatcher, module) = (&bench.dispatcher, &bench.module);
     for _ in 0..ROUNDS {
-        round += 1;
-        plain.push(wasm_round(dispatcher.clone(), module.clone(), round, CONCURRENCY).await);
-        round += 1;
-        exported.push(wasm_round(exporting.clone(), module.clone(), round, CONCURRENCY).await);
+        *round += 1;
+        plain.push(wasm_round(dispatcher.clone(), module.clone(), *round, CONCURRENCY).await);
+        *round += 1;
+        exported.push(wasm_round(exporting.clone(), module.clone(), *round, CONCURRENCY).await);
     }
     plain.sort();
     exported.sort();
@@ -151,7 +210,7 @@ async fn run() -> anyhow::Result<()> {
         plain.as_secs_f64() / exported.as_secs_f64()
     );
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
-    Ok(())
+    Ok((plain, exported))
 }
 
 /// One figure as per-message time and rate; `label` pads the columns.
@@ -189,10 +248,10 @@ where
     times[rounds / 2]
 }
 
-/// Fresh store + instance + `handle` of a message the module refuses at once
-/// (unknown subtopic): the sandbox cost without any repository call.
-async fn bare_call(engine: &Engine, module: &LoadedModule) -> Duration {
-    let message = switchyard::sandbox::bindings::switchyard::module::types::Envelope {
+/// A message the module refuses at once (unknown subtopic), and the grants
+/// of the detached unit of work it is handled in.
+fn refused_call() -> (GuestEnvelope, Arc<Grants>) {
+    let message = GuestEnvelope {
         id: "bench".into(),
         topic: "inventory".into(),
         subtopic: "nothing".into(),
@@ -203,6 +262,13 @@ async fn bare_call(engine: &Engine, module: &LoadedModule) -> Duration {
         name: "inventory".into(),
         ..Grants::default()
     });
+    (message, grants)
+}
+
+/// Fresh store + instance + `handle` of a message the module refuses at once
+/// (unknown subtopic): the sandbox cost without any repository call.
+async fn bare_call(engine: &Engine, module: &LoadedModule) -> Duration {
+    let (message, grants) = refused_call();
     let start = Instant::now();
     for _ in 0..BARE_CALLS {
         let mut store = engine.new_store(
@@ -274,17 +340,7 @@ async fn print_breakdown(engine: &Engine, module: &LoadedModule) {
 }
 
 async fn phases(engine: &Engine, module: &LoadedModule) -> Phases {
-    let message = switchyard::sandbox::bindings::switchyard::module::types::Envelope {
-        id: "bench".into(),
-        topic: "inventory".into(),
-        subtopic: "nothing".into(),
-        headers: Vec::new(),
-        body: "{}".into(),
-    };
-    let grants = Arc::new(Grants {
-        name: "inventory".into(),
-        ..Grants::default()
-    });
+    let (message, grants) = refused_call();
     let mut p = Phases::default();
     for _ in 0..BARE_CALLS {
         let t0 = Instant::now();

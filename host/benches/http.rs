@@ -9,7 +9,7 @@
 //! 3. Memory: the process's peak RSS while 1,000 connections keep a restock
 //!    in flight each.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,8 +42,39 @@ async fn run() -> anyhow::Result<()> {
     if Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk is not installed (Debian: apt-get install wrk)");
     }
+    let project = project()?;
+    let manifest = Manifest::load(&project.path().join("plugins.toml"))?;
+    let host = switchyard::app::server::start(
+        manifest,
+        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    )
+    .await?;
+    let base = format!("http://{}", host.addr());
+    let client = reqwest::Client::new();
+    seed(&client, &base).await?;
+    let bare_base = bare_axum().await?;
+    let scripts = Scripts::write()?;
+    let secs = seconds();
+    println!("http benchmark: wrk, {secs} s per run, 127.0.0.1");
+
+    throughput(&scripts, &base, &bare_base, secs)?;
+    steady_latency(&scripts, &base, &bare_base, secs)?;
+    memory_under_load(&scripts, &base, secs)?;
+    host.stop().await;
+    Ok(())
+}
+
+/// The modules the benchmark's project loads.
+const MODULES: [&str; 2] = ["inventory", "orders"];
+
+/// A project folder with [`MODULES`] built (release, wasm32-wasip2) into
+/// its plugins folder and a `plugins.toml` that loads them.
+fn project() -> anyhow::Result<tempfile::TempDir> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for module in ["inventory", "orders"] {
+    let project = tempfile::tempdir()?;
+    let plugins = project.path().join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    for module in MODULES {
         switchyard::builder::run_command(
             &format!(
                 "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p {module}"
@@ -51,11 +82,6 @@ async fn run() -> anyhow::Result<()> {
             &root,
             module,
         )?;
-    }
-    let project = tempfile::tempdir()?;
-    let plugins = project.path().join("plugins");
-    std::fs::create_dir_all(&plugins)?;
-    for module in ["inventory", "orders"] {
         std::fs::copy(
             root.join(format!(
                 "plugins/target/wasm32-wasip2/release/{module}.wasm"
@@ -69,14 +95,11 @@ async fn run() -> anyhow::Result<()> {
         [modules.orders]\nfile = \"orders.wasm\"\ntopics = [\"orders\"]\n\
         subscribes = [\"inventory.events\"]\nemits = [\"orders.events\"]\nreads = [\"inventory\"]\n";
     std::fs::write(project.path().join("plugins.toml"), manifest_text)?;
-    let manifest = Manifest::load(&project.path().join("plugins.toml"))?;
-    let host = switchyard::app::server::start(
-        manifest,
-        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-    )
-    .await?;
-    let base = format!("http://{}", host.addr());
-    let client = reqwest::Client::new();
+    Ok(project)
+}
+
+/// Restocks the sku the `get` runs read.
+async fn seed(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let seeded = client
         .post(format!("{base}/v1/topics/inventory/restock"))
         .body(r#"{"sku":"apple","qty":5}"#)
@@ -86,9 +109,12 @@ async fn run() -> anyhow::Result<()> {
     if !seeded.status().is_success() {
         bail!("seeding failed: {}", seeded.text().await?);
     }
+    Ok(())
+}
 
-    // The baseline: the same request shape, parsed, answered with a fixed
-    // processed answer; no module, no store.
+/// The baseline: the same request shape, parsed, answered with a fixed
+/// processed answer; no module, no store. Its base URL.
+async fn bare_axum() -> anyhow::Result<String> {
     let bare = axum::Router::new().route(
         "/v1/topics/inventory/get",
         axum::routing::post(|body: axum::body::Bytes| async move {
@@ -106,47 +132,78 @@ async fn run() -> anyhow::Result<()> {
     tokio::spawn(async move {
         let _ = axum::serve(bare_listener, bare).await;
     });
+    Ok(bare_base)
+}
 
-    let scripts = tempfile::tempdir()?;
-    let get = script(
-        scripts.path(),
-        "get.lua",
-        r#"{"sku":"apple"}"#,
-        None,
-        "/v1/topics/inventory/get",
-    )?;
-    // 20 connections, one request each per 20 ms: 1,000 requests/s.
-    let paced = |path: &str| {
-        script(
-            scripts.path(),
+/// The wrk scripts of the runs, in a temporary folder.
+struct Scripts {
+    /// `inventory/get` as fast as the connections go.
+    get: PathBuf,
+    /// `inventory/get`, each connection one request per 20 ms.
+    paced_get: PathBuf,
+    /// A restock of a fresh sku per request, one per 20 ms per connection.
+    restock_paced: PathBuf,
+    /// A restock of a fresh sku per request, as fast as the connections go.
+    restock: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Scripts {
+    fn write() -> anyhow::Result<Scripts> {
+        let dir = tempfile::tempdir()?;
+        let get_body = r#"{"sku":"apple"}"#;
+        let get = script(
+            dir.path(),
+            "get.lua",
+            get_body,
+            None,
+            "/v1/topics/inventory/get",
+        )?;
+        // 20 connections, one request each per 20 ms: 1,000 requests/s.
+        let paced_get = script(
+            dir.path(),
             "paced.lua",
-            r#"{"sku":"apple"}"#,
+            get_body,
             Some(20),
-            path,
-        )
-    };
-    // `{n}` becomes a number unique to the request: one sku per restock.
-    let restock_body =
-        r#"{"topic":"inventory","subtopic":"restock","body":{"sku":"pear-{n}","qty":1}}"#;
-    let restock_paced = script(
-        scripts.path(),
-        "restock-paced.lua",
-        restock_body,
-        Some(20),
-        "/v1/messages",
-    )?;
-    let restock = script(
-        scripts.path(),
-        "restock.lua",
-        restock_body,
-        None,
-        "/v1/messages",
-    )?;
-    let secs = seconds();
-    println!("http benchmark: wrk, {secs} s per run, 127.0.0.1");
+            "/v1/topics/inventory/get",
+        )?;
+        // `{n}` becomes a number unique to the request: one sku per restock.
+        let restock_body =
+            r#"{"topic":"inventory","subtopic":"restock","body":{"sku":"pear-{n}","qty":1}}"#;
+        let restock_paced = script(
+            dir.path(),
+            "restock-paced.lua",
+            restock_body,
+            Some(20),
+            "/v1/messages",
+        )?;
+        let restock = script(
+            dir.path(),
+            "restock.lua",
+            restock_body,
+            None,
+            "/v1/messages",
+        )?;
+        Ok(Scripts {
+            get,
+            paced_get,
+            restock_paced,
+            restock,
+            _dir: dir,
+        })
+    }
+}
 
-    let floor = wrk(&get, &bare_base, 64, secs)?;
-    let gets = wrk(&get, &base, 64, secs)?;
+/// 1. Throughput: `inventory/get` over 64 connections, the bare axum route
+///    then the host; (host, bare).
+fn throughput(
+    scripts: &Scripts,
+    base: &str,
+    bare_base: &str,
+    secs: u64,
+) -> anyhow::Result<(WrkRun, WrkRun)> {
+    let floor = wrk(&scripts.get, bare_base, 64, secs)?;
+    let gets = wrk(&scripts.get, base, 64, secs)?;
     println!(
         "  inventory/get, 64 connections:      host {:>8.0} req/s (p99 {:.2} ms)   bare axum {:>8.0} req/s (p99 {:.2} ms)   ratio {:.3}",
         gets.rps,
@@ -155,14 +212,33 @@ async fn run() -> anyhow::Result<()> {
         floor.p99_ms,
         gets.rps / floor.rps
     );
+    Ok((gets, floor))
+}
 
-    let floor = wrk(&paced("/v1/topics/inventory/get")?, &bare_base, 20, secs)?;
-    let paced_restock = wrk(&restock_paced, &base, 20, secs)?;
+/// 2. Latency at a steady ~1,000 requests/s: the bare axum route's `get`,
+///    then the host's restock; (host, bare).
+fn steady_latency(
+    scripts: &Scripts,
+    base: &str,
+    bare_base: &str,
+    secs: u64,
+) -> anyhow::Result<(WrkRun, WrkRun)> {
+    let floor = wrk(&scripts.paced_get, bare_base, 20, secs)?;
+    let paced_restock = wrk(&scripts.restock_paced, base, 20, secs)?;
     println!(
         "  restock at ~1,000 req/s (host {:.0}/s): p50 {:.2} ms, p99 {:.2} ms   bare axum: p50 {:.2} ms, p99 {:.2} ms",
         paced_restock.rps, paced_restock.p50_ms, paced_restock.p99_ms, floor.p50_ms, floor.p99_ms
     );
+    Ok((paced_restock, floor))
+}
 
+/// 3. Memory: this process's RSS before and at its peak (KiB) while 1,000
+///    connections keep a restock in flight each; (run, idle, peak).
+fn memory_under_load(
+    scripts: &Scripts,
+    base: &str,
+    secs: u64,
+) -> anyhow::Result<(WrkRun, u64, u64)> {
     let idle_rss = rss_kib()?;
     let peak = Arc::new(AtomicU64::new(idle_rss));
     let sampling = Arc::new(AtomicBool::new(true));
@@ -177,19 +253,19 @@ async fn run() -> anyhow::Result<()> {
             }
         })
     };
-    let flood = wrk(&restock, &base, 1_000, secs)?;
+    let flood = wrk(&scripts.restock, base, 1_000, secs)?;
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.join();
+    let peak = peak.load(Ordering::Relaxed);
     println!(
         "  restock, 1,000 connections in flight: {:.0} req/s, p99 {:.1} ms, {} errors; RSS idle {:.1} MB, peak {:.1} MB",
         flood.rps,
         flood.p99_ms,
         flood.errors,
         idle_rss as f64 / 1024.0,
-        peak.load(Ordering::Relaxed) as f64 / 1024.0
+        peak as f64 / 1024.0
     );
-    host.stop().await;
-    Ok(())
+    Ok((flood, idle_rss, peak))
 }
 
 /// A wrk script: POST `body` as JSON to `path`, optionally one request per
@@ -200,7 +276,7 @@ fn script(
     body: &str,
     delay_ms: Option<u64>,
     path: &str,
-) -> anyhow::Result<std::path::PathBuf> {
+) -> anyhow::Result<PathBuf> {
     let escaped = body.replace('\\', "\\\\").replace('\'', "\\'");
     let mut text = format!(
         "wrk.method = 'POST'\nwrk.path = '{path}'\nwrk.body = '{escaped}'\n\

@@ -3,7 +3,8 @@
 //! then, in the same run, a bare rdkafka consume + commit of them, and the
 //! host applying them through the module with a SQLite write each.
 
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -38,12 +39,34 @@ async fn run() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+    let (mut broker, address) = start_broker().await?;
+    let wasm = inventory_built()?;
+    println!("kafka benchmark: {n} restock envelopes, one partition");
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &address)
+        .set("linger.ms", "5")
+        .create()?;
+    let bare = bare_rdkafka(&producer, &address, n).await?;
+    let hosted = host_kafka(&producer, &address, &wasm, n).await?;
+    println!(
+        "  ratio host/bare, from subscribe    {:>9.3}",
+        bare.as_secs_f64() / hosted.took.as_secs_f64()
+    );
+    hosted.host.stop().await;
+    broker.kill()?;
+    Ok(())
+}
+
+/// A tansu broker on a free local port, keeping its messages in memory,
+/// once it accepts connections; its address.
+async fn start_broker() -> anyhow::Result<(Child, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let address = format!("127.0.0.1:{port}");
     let url = format!("tcp://{address}");
-    let mut broker = Command::new(tansu()?)
+    let broker = Command::new(tansu()?)
         .args([
             "broker",
             "--storage-engine",
@@ -59,54 +82,62 @@ async fn run() -> anyhow::Result<()> {
     while std::net::TcpStream::connect(&address).is_err() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Ok((broker, address))
+}
+
+/// Builds the inventory module for wasm32-wasip2 (release); its path.
+fn inventory_built() -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     switchyard::builder::run_command(
         "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p inventory",
         &root,
         "inventory",
     )?;
-    println!("kafka benchmark: {n} restock envelopes, one partition");
+    Ok(root.join("plugins/target/wasm32-wasip2/release/inventory.wasm"))
+}
 
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &address)
-        .set("linger.ms", "5")
-        .create()?;
-    let produce = |topic: String| {
+/// Produces `n` restock envelopes to `topic`, all in flight at once.
+async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    n: usize,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let mut pending = Vec::with_capacity(n);
+    for i in 0..n {
+        let value = format!(
+            r#"{{"topic":"inventory","subtopic":"restock","body":{{"sku":"sku-{i}","qty":1}}}}"#
+        );
         let producer = producer.clone();
-        async move {
-            let mut pending = Vec::with_capacity(n);
-            for i in 0..n {
-                let value = format!(
-                    r#"{{"topic":"inventory","subtopic":"restock","body":{{"sku":"sku-{i}","qty":1}}}}"#
-                );
-                let topic = topic.clone();
-                let producer = producer.clone();
-                pending.push(async move {
-                    producer
-                        .send(
-                            FutureRecord::to(&topic).key("k").payload(&value),
-                            Duration::from_secs(30),
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| e)
-                });
-            }
-            for r in futures_util::future::join_all(pending).await {
-                r?;
-            }
-            Ok::<(), rdkafka::error::KafkaError>(())
-        }
-    };
+        pending.push(async move {
+            producer
+                .send(
+                    FutureRecord::to(topic).key("k").payload(&value),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
+        });
+    }
+    for r in futures_util::future::join_all(pending).await {
+        r?;
+    }
+    Ok(())
+}
 
-    // 1. Bare rdkafka: consume every message, commit every 1,000. Timed
-    //    from subscribe (group join included) like the host below; after the
-    //    join librdkafka has usually prefetched everything, so the rate past
-    //    the first message measures its local queue, not the broker.
-    produce("bare".into()).await?;
+/// 1. Bare rdkafka: consume every message, commit every 1,000. Timed
+///    from subscribe (group join included) like the host below; after the
+///    join librdkafka has usually prefetched everything, so the rate past
+///    the first message measures its local queue, not the broker.
+async fn bare_rdkafka(
+    producer: &FutureProducer,
+    address: &str,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    produce(producer, "bare", n).await?;
     let bare_start = Instant::now();
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &address)
+        .set("bootstrap.servers", address)
         .set("group.id", "bare")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -129,15 +160,29 @@ async fn run() -> anyhow::Result<()> {
         bare.as_secs_f64(),
         n as f64 / drained.as_secs_f64()
     );
+    Ok(bare)
+}
 
-    // 2. The host: consume -> module -> SQLite commit -> offset stored.
-    produce("inventory".into()).await?;
+/// A host started by [`host_kafka`], still serving.
+struct Hosted {
+    host: switchyard::app::server::Host,
+    /// From start to the last message applied.
+    took: Duration,
+    /// The project folder (plugins, plugins.toml, database), kept to the end.
+    _project: tempfile::TempDir,
+}
+
+/// 2. The host: consume -> module -> SQLite commit -> offset stored.
+async fn host_kafka(
+    producer: &FutureProducer,
+    address: &str,
+    wasm: &Path,
+    n: usize,
+) -> anyhow::Result<Hosted> {
+    produce(producer, "inventory", n).await?;
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("plugins"))?;
-    std::fs::copy(
-        root.join("plugins/target/wasm32-wasip2/release/inventory.wasm"),
-        dir.path().join("plugins/inventory.wasm"),
-    )?;
+    std::fs::copy(wasm, dir.path().join("plugins/inventory.wasm"))?;
     let manifest = format!(
         "[host]\nlisten = \"127.0.0.1:0\"\n[kafka]\nbrokers = \"{address}\"\npartitions = 1\n\
          [modules.inventory]\nfile = \"inventory.wasm\"\ntopics = [\"inventory\"]\nsubscribes = []\nemits = [\"inventory.events\"]\n"
@@ -175,11 +220,9 @@ async fn run() -> anyhow::Result<()> {
         n as f64 / host_total.as_secs_f64(),
         host_total.as_secs_f64()
     );
-    println!(
-        "  ratio host/bare, from subscribe    {:>9.3}",
-        bare.as_secs_f64() / host_total.as_secs_f64()
-    );
-    host.stop().await;
-    broker.kill()?;
-    Ok(())
+    Ok(Hosted {
+        host,
+        took: host_total,
+        _project: dir,
+    })
 }

@@ -6,6 +6,7 @@
 //! XADD-to-commit latency at a steady rate.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -40,53 +41,85 @@ async fn run() -> anyhow::Result<()> {
         .get_multiplexed_async_connection()
         .await
         .context("redis")?;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let wasm = inventory_built()?;
+    let tag = envelope::new_id().replace('-', "");
+    println!("stream benchmark: {n} restock entries, batches of {BATCH}");
+
+    let bare_key = format!("bench{tag}:bare");
+    let bare = bare_redis(&mut conn, &bare_key, n).await?;
+    // The stores stay open to the end: closing one stops its writer and
+    // checkpoint threads and checkpoints its WAL beside the next phase.
+    let dir = tempfile::tempdir()?;
+    let store = store_at(dir.path(), "bare.db").await?;
+    let store_time = bare_store(&store, n).await?;
+    let batched_time = bare_sqlx_batched(&dir.path().join("batched.db"), n).await?;
+    let grouped = store_at(dir.path(), "grouped.db").await?;
+    let grouped_time = store_group_commit(&grouped, n).await?;
+    let hosted = host_stream(&mut conn, &url, &tag, &wasm, n).await?;
+    let host_time = hosted.took;
+    println!(
+        "  ratios: host/bare-redis {:.3}, host/bare-store-1-per-tx {:.3}, \
+         host/bare-sqlx-batched {:.3}, host/store-group-commit {:.3}",
+        bare.as_secs_f64() / host_time.as_secs_f64(),
+        store_time.as_secs_f64() / host_time.as_secs_f64(),
+        batched_time.as_secs_f64() / host_time.as_secs_f64(),
+        grouped_time.as_secs_f64() / host_time.as_secs_f64()
+    );
+    steady_latency(&mut conn, &hosted.pool, &hosted.key, n).await?;
+    hosted.host.stop().await;
+    let _: () = redis::cmd("DEL")
+        .arg(&bare_key)
+        .arg(&hosted.key)
+        // The stream the host's relay published the restocks' events to.
+        .arg(format!("{}.events", hosted.key))
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// Builds the inventory module for wasm32-wasip2 (release); its path.
+fn inventory_built() -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     switchyard::builder::run_command(
         "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p inventory",
         &root,
         "inventory",
     )?;
-    let wasm = root.join("plugins/target/wasm32-wasip2/release/inventory.wasm");
-    let tag = envelope::new_id().replace('-', "");
-    println!("stream benchmark: {n} restock entries, batches of {BATCH}");
+    Ok(root.join("plugins/target/wasm32-wasip2/release/inventory.wasm"))
+}
 
-    // 1. The broker alone: read and ack every entry.
-    let bare_key = format!("bench{tag}:bare");
-    preload(&mut conn, &bare_key, n, 0).await?;
-    let bare = bare_consume(&mut conn, &bare_key, n).await?;
+/// 1. The broker alone: read and ack every entry of `key`.
+async fn bare_redis(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    preload(conn, key, n, 0).await?;
+    let bare = bare_consume(conn, key, n).await?;
     report("bare XREADGROUP + XACK loop", n, bare);
+    Ok(bare)
+}
 
-    // 2. The store alone: the same rows (document, inbox, outbox), one
-    //    transaction per message as the host commits them today.
-    let dir = tempfile::tempdir()?;
-    let store = Store::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("bare.db").display()
-    ))
-    .await?;
+/// A store on a new SQLite file `name` in `dir`.
+async fn store_at(dir: &Path, name: &str) -> anyhow::Result<Store> {
+    Ok(Store::connect(&format!("sqlite://{}", dir.join(name).display())).await?)
+}
+
+/// 2. The store alone: the same rows (document, inbox, outbox), one
+///    transaction per message as the host commits them today.
+async fn bare_store(store: &Store, n: usize) -> anyhow::Result<Duration> {
     let start = Instant::now();
     for i in 0..n {
-        commit_restock(&store, i).await?;
+        commit_restock(store, i).await?;
     }
     let store_time = start.elapsed();
     report("bare store loop (1 message per transaction)", n, store_time);
+    Ok(store_time)
+}
 
-    // 2b. The store's ceiling as the performance issue defines it: a bare
-    //     sqlx loop writing the same rows, BATCH messages per transaction.
-    let batched_time = bare_sqlx_batched(&dir.path().join("batched.db"), n).await?;
-    report(
-        &format!("bare sqlx loop ({BATCH} messages per transaction)"),
-        n,
-        batched_time,
-    );
-
-    // 2c. The store's own group commit: BATCH messages in flight at once
-    //     through `Store::commit`, as the host's consumers run them.
-    let grouped = Store::connect(&format!(
-        "sqlite://{}",
-        dir.path().join("grouped.db").display()
-    ))
-    .await?;
+/// 2c. The store's own group commit: BATCH messages in flight at once
+///     through `Store::commit`, as the host's consumers run them.
+async fn store_group_commit(grouped: &Store, n: usize) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let mut in_flight = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -107,8 +140,30 @@ async fn run() -> anyhow::Result<()> {
         n,
         grouped_time,
     );
+    Ok(grouped_time)
+}
 
-    // 3. The host: Redis -> module -> SQLite -> ack.
+/// A host started by [`host_stream`], still serving.
+struct Hosted {
+    host: switchyard::app::server::Host,
+    /// The host's database.
+    pool: sqlx::SqlitePool,
+    /// The stream the host consumes.
+    key: String,
+    /// From start to the last of the preloaded entries acked.
+    took: Duration,
+    /// The project folder (plugins, plugins.toml, database), kept to the end.
+    _project: tempfile::TempDir,
+}
+
+/// 3. The host: Redis -> module -> SQLite -> ack, over `n` preloaded entries.
+async fn host_stream(
+    conn: &mut redis::aio::MultiplexedConnection,
+    url: &str,
+    tag: &str,
+    wasm: &Path,
+    n: usize,
+) -> anyhow::Result<Hosted> {
     let prefix = format!("bench{tag}:");
     let concurrency: usize = std::env::var("STREAM_BENCH_CONCURRENCY")
         .ok()
@@ -117,7 +172,7 @@ async fn run() -> anyhow::Result<()> {
     println!("  (host: [redis] concurrency = {concurrency})");
     let project = tempfile::tempdir()?;
     std::fs::create_dir_all(project.path().join("plugins"))?;
-    std::fs::copy(&wasm, project.path().join("plugins/inventory.wasm"))?;
+    std::fs::copy(wasm, project.path().join("plugins/inventory.wasm"))?;
     let manifest_text = format!(
         "[host]\nlisten = \"127.0.0.1:0\"\n[redis]\nurl = \"{url}\"\ngroup = \"g{tag}\"\nprefix = \"{prefix}\"\nblock-ms = 100\nconcurrency = {concurrency}\n\
          [modules.inventory]\nfile = \"inventory.wasm\"\ntopics = [\"inventory\"]\nsubscribes = []\nemits = [\"inventory.events\"]\n"
@@ -125,7 +180,8 @@ async fn run() -> anyhow::Result<()> {
     std::fs::write(project.path().join("plugins.toml"), &manifest_text)?;
     let manifest = Manifest::load(&project.path().join("plugins.toml"))?;
     let db = manifest.host.database.clone();
-    preload(&mut conn, &format!("{prefix}inventory"), n, 0).await?;
+    let key = format!("{prefix}inventory");
+    preload(conn, &key, n, 0).await?;
     let start = Instant::now();
     let host = switchyard::app::server::start(
         manifest,
@@ -134,34 +190,34 @@ async fn run() -> anyhow::Result<()> {
     .await?;
     // Every entry acked (an entry is acked only after its commit), read
     // from Redis: counting the inbox rows would take CPU from the host.
-    wait_acked(
-        &mut conn,
-        &format!("{prefix}inventory"),
-        &format!("g{tag}.inventory"),
-        n,
-    )
-    .await?;
-    let host_time = start.elapsed();
+    wait_acked(conn, &key, &format!("g{tag}.inventory"), n).await?;
+    let took = start.elapsed();
     let pool = sqlx::SqlitePool::connect(&db).await?;
     wait_applied(&pool, n).await?;
     report(
         "host: XREADGROUP -> module -> SQLite commit -> XACK",
         n,
-        host_time,
+        took,
     );
-    println!(
-        "  ratios: host/bare-redis {:.3}, host/bare-store-1-per-tx {:.3}, \
-         host/bare-sqlx-batched {:.3}, host/store-group-commit {:.3}",
-        bare.as_secs_f64() / host_time.as_secs_f64(),
-        store_time.as_secs_f64() / host_time.as_secs_f64(),
-        batched_time.as_secs_f64() / host_time.as_secs_f64(),
-        grouped_time.as_secs_f64() / host_time.as_secs_f64()
-    );
+    Ok(Hosted {
+        host,
+        pool,
+        key,
+        took,
+        _project: project,
+    })
+}
 
-    // 4. Latency at a steady rate: XADD time -> commit time of each document.
+/// 4. Latency at a steady rate: XADD time -> commit time of each document,
+///    through the running host consuming `key` (`n` entries applied before).
+async fn steady_latency(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pool: &sqlx::SqlitePool,
+    key: &str,
+    n: usize,
+) -> anyhow::Result<()> {
     let rate = 1_000u64;
     let seconds = 5u64;
-    let key = format!("{prefix}inventory");
     let mut sent: HashMap<String, SystemTime> = HashMap::new();
     let tick = Duration::from_millis(10);
     let per_tick = (rate / 100) as usize;
@@ -173,19 +229,19 @@ async fn run() -> anyhow::Result<()> {
             let sku = format!("lat-{t}-{j}");
             let body = format!(r#"{{"sku":"{sku}","qty":1}}"#);
             pipe.xadd(
-                &key,
+                key,
                 "*",
                 &[("subtopic", "restock"), ("body", body.as_str())],
             )
             .ignore();
             sent.insert(sku, SystemTime::now());
         }
-        let () = pipe.query_async(&mut conn).await?;
+        let () = pipe.query_async(conn).await?;
     }
-    wait_applied(&pool, n + sent.len()).await?;
+    wait_applied(pool, n + sent.len()).await?;
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT key, updated_at FROM documents WHERE key LIKE 'lat-%'")
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await?;
     let mut latencies: Vec<f64> = rows
         .iter()
@@ -206,12 +262,6 @@ async fn run() -> anyhow::Result<()> {
         pct(0.99),
         latencies.len()
     );
-    host.stop().await;
-    let _: () = redis::cmd("DEL")
-        .arg(&bare_key)
-        .arg(&key)
-        .query_async(&mut conn)
-        .await?;
     Ok(())
 }
 
@@ -318,9 +368,11 @@ async fn commit_restock(store: &Store, i: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The rows one restock commits (inbox check, document read and write,
-/// outbox row, inbox row), written by sqlx directly, BATCH per transaction.
-async fn bare_sqlx_batched(file: &std::path::Path, n: usize) -> anyhow::Result<Duration> {
+/// 2b. The store's ceiling as the performance issue defines it: a bare sqlx
+///     loop writing the rows one restock commits (inbox check, document
+///     read and write, outbox row, inbox row), BATCH messages per
+///     transaction.
+async fn bare_sqlx_batched(file: &Path, n: usize) -> anyhow::Result<Duration> {
     let url = format!("sqlite://{}", file.display());
     // Opening a store creates the schema; then it is closed again.
     drop(Store::connect(&url).await?);
@@ -390,6 +442,11 @@ async fn bare_sqlx_batched(file: &std::path::Path, n: usize) -> anyhow::Result<D
     }
     let took = start.elapsed();
     pool.close().await;
+    report(
+        &format!("bare sqlx loop ({BATCH} messages per transaction)"),
+        n,
+        took,
+    );
     Ok(took)
 }
 
