@@ -21,8 +21,8 @@ use crate::sandbox::state::HostState;
 use switchyard_model::envelope::check_name;
 use switchyard_model::grants::Grants;
 use switchyard_model::manifest::{
-    DEFAULT_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_MEMORY_MB, DEFAULT_TIMEOUT_MS, Manifest,
-    ModuleEntry,
+    DEFAULT_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_MEMORY_MB,
+    DEFAULT_TIMEOUT_MS, Manifest, ModuleEntry,
 };
 
 /// What loading one file gave.
