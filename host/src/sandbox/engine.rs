@@ -18,7 +18,7 @@ use switchyard_model::grants::Grants;
 
 /// How often the epoch advances: the resolution of `timeout-ms`, and the
 /// time slice after which running guest code yields to other tasks.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Component instances alive at once (pool slots); also bounds in-flight messages.
 pub const POOL_INSTANCES: u32 = 1_000;
 /// Largest linear memory any module may be granted (`max-memory-mb` is checked
@@ -225,8 +225,9 @@ impl Engine {
 /// `tokio::task::yield_now` rather than wasmtime's plain `Yield`: tokio
 /// defers a task woken that way until the worker has polled its I/O driver,
 /// so every round of guest slices lets new connections and timers through.
-/// A task that merely wakes itself goes back into the run queue, and the
-/// driver would be polled only every 61 polls (seconds of 10 ms slices).
+/// A task that merely wakes itself goes back into the run queue, and a busy
+/// worker polls the driver only every 61 polls (tokio's `event_interval`),
+/// which is a third of a second of guest slices.
 fn time_slice(
     timeout: Duration,
 ) -> impl FnMut(wasmtime::StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline>
