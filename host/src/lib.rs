@@ -22,7 +22,8 @@
 //!   - [`relay`]: committed outbox events -> the broker;
 //!   - [`ingress`]: HTTP, Redis Streams, Kafka and the embedded log, the
 //!     broker consumers on one core ([`ingress::consumer`]);
-//!   - [`app`]: wiring, shutdown and retention;
+//!   - [`app`]: wiring, shutdown, retention and the HTTP listener
+//!     (connection cap, header-read and idle timeouts);
 //!   - [`cli`], [`builder`], [`lint`]: the command line, `switchyard build`,
 //!     `switchyard check`'s lints.
 

@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod concurrency;
+mod connections;
 mod failures;
 #[cfg(feature = "kafka")]
 mod kafka_reload;
@@ -17,6 +18,7 @@ mod postgres;
 mod python;
 mod redis_streams;
 mod reload;
+mod responsive;
 mod saga;
 mod sandbox;
 mod telemetry;

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::retention;
+use crate::app::{listener, retention};
 use crate::broker::Broker;
 #[cfg(feature = "kafka")]
 use crate::broker::kafka::KafkaBus;
@@ -170,6 +170,16 @@ fn api(manifest: &Manifest, state: http::ApiState) -> axum::Router {
     )
 }
 
+/// What bounds each HTTP connection, from `[host]`.
+fn connection_limits(manifest: &Manifest) -> listener::ConnectionLimits {
+    listener::ConnectionLimits {
+        header_read_timeout: manifest.host.header_read_timeout,
+        idle_timeout: manifest.host.idle_timeout,
+        max_open: manifest.host.max_open_connections,
+        max_buf_size: listener::ConnectionLimits::buffer_for(manifest.host.max_header_bytes),
+    }
+}
+
 /// The admin token from the variable `admin-token-env` names, if set.
 fn admin_token(manifest: &Manifest) -> Option<String> {
     let token = manifest
@@ -296,15 +306,12 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
     let addr = listener
         .local_addr()
         .context("reading the listening address")?;
-    let stop = shutdown.clone();
-    tracker.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    tracker.spawn(listener::serve(
+        listener,
+        app,
+        connection_limits(&manifest),
+        shutdown.clone(),
+    ));
     tracing::info!(%addr, "switchyard serving");
     Ok(Host {
         addr,

@@ -36,7 +36,11 @@ impl Dispatcher {
             Ok(None) => {}
             Err(e) => return Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
         }
-        let Ok(_permit) = self.instances.acquire().await else {
+        let slot = self
+            .slots
+            .acquire(&module.name, module.limits.max_concurrency)
+            .await;
+        let Some(_slot) = slot else {
             return Attempt::Failed(FailureKind::Unavailable, "host is shutting down".into());
         };
         match self.run_guest(module, envelope, attempt, trace).await {

@@ -4,6 +4,7 @@
 
 mod attempt;
 mod failure;
+mod slots;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 use attempt::Attempt;
 pub use failure::{MALFORMED, Malformed};
 
-use tokio::sync::{Mutex, Notify, Semaphore};
+use tokio::sync::{Mutex, Notify};
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
@@ -33,6 +34,10 @@ pub const MAX_CONFLICT_RETRIES: u32 = 200;
 const PARTITION_STRIPES: usize = 1024;
 /// Header handed to the module (not stored): the attempt number, from 1.
 pub const ATTEMPT: &str = "attempt";
+/// Instances running at once, over all modules: below the pool's size.
+const GUEST_SLOTS: usize = POOL_INSTANCES as usize * 3 / 4;
+// A module's `max-concurrency` can never exceed the host's slots.
+const _: () = assert!(switchyard_model::manifest::MAX_CONCURRENCY_LIMIT as usize <= GUEST_SLOTS);
 /// Longest delay between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -50,9 +55,9 @@ pub struct Dispatcher {
     /// Same partition key -> same lock: one at a time, in arrival order.
     partitions: Vec<Mutex<()>>,
     hasher: std::collections::hash_map::RandomState,
-    /// Bounds live instances below the pool size, so a burst waits rather
-    /// than failing to instantiate.
-    instances: Semaphore,
+    /// Messages running at once: per module (`max-concurrency`) and in all
+    /// (below the instance pool's size).
+    slots: slots::Slots,
     /// Span export, when `[telemetry]` configures it.
     telemetry: Option<Arc<Telemetry>>,
 }
@@ -72,7 +77,7 @@ impl Dispatcher {
             log_appended: Arc::new(Notify::new()),
             partitions: (0..PARTITION_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
-            instances: Semaphore::new(POOL_INSTANCES as usize * 3 / 4),
+            slots: slots::Slots::new(GUEST_SLOTS),
             telemetry: None,
         }
     }

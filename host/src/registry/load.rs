@@ -21,8 +21,8 @@ use crate::sandbox::state::HostState;
 use switchyard_model::envelope::check_name;
 use switchyard_model::grants::Grants;
 use switchyard_model::manifest::{
-    DEFAULT_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_MEMORY_MB, DEFAULT_TIMEOUT_MS, Manifest,
-    ModuleEntry,
+    DEFAULT_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_MEMORY_MB,
+    DEFAULT_TIMEOUT_MS, Manifest, ModuleEntry,
 };
 
 /// What loading one file gave.
@@ -382,6 +382,7 @@ fn limits(entry: Option<&ModuleEntry>) -> ModuleLimits {
         timeout: Duration::from_millis(entry.map_or(DEFAULT_TIMEOUT_MS, |e| e.timeout_ms)),
         max_attempts: entry.map_or(DEFAULT_MAX_ATTEMPTS, |e| e.max_attempts),
         backoff: Duration::from_millis(entry.map_or(DEFAULT_BACKOFF_MS, |e| e.backoff_ms)),
+        max_concurrency: entry.map_or(DEFAULT_MAX_CONCURRENCY, |e| e.max_concurrency),
     }
 }
 

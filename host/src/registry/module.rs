@@ -37,6 +37,8 @@ pub struct ModuleLimits {
     pub timeout: Duration,
     pub max_attempts: u32,
     pub backoff: Duration,
+    /// `max-concurrency`: messages of the module handled at once.
+    pub max_concurrency: u32,
 }
 
 /// What one message's outcome says about the version that handled it.

@@ -7,15 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimitsBuilder};
+use wasmtime::{
+    Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimitsBuilder, UpdateDeadline,
+};
 
 use super::bindings::{self, Guest, GuestPre};
 use super::state::HostState;
 use super::uow::UnitOfWork;
 use switchyard_model::grants::Grants;
 
-/// How often the epoch advances: the resolution of `timeout-ms`.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often the epoch advances: the resolution of `timeout-ms`, and the
+/// time slice after which running guest code yields to other tasks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 /// Component instances alive at once (pool slots); also bounds in-flight messages.
 pub const POOL_INSTANCES: u32 = 1_000;
 /// Largest linear memory any module may be granted (`max-memory-mb` is checked
@@ -184,9 +187,8 @@ impl Engine {
         let state = HostState::new(limits, uow);
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|s| s.limiter());
-        let ticks = timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) + 1;
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX));
-        store.epoch_deadline_trap();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(time_slice(timeout));
         store
     }
 
@@ -210,6 +212,37 @@ impl Engine {
                 "took longer than {timeout:?}"
             ))),
         }
+    }
+}
+
+/// What guest code does at each epoch tick: it hands its thread back to
+/// tokio (one tick is its time slice), so spinning guests share the async
+/// runtime's workers with everything else (HTTP, consumers, other guests)
+/// instead of holding them until their deadline; once the call has run for
+/// `timeout` (host calls included), it traps with `Trap::Interrupt`, which
+/// dispatch reports as `timeout`.
+///
+/// `tokio::task::yield_now` rather than wasmtime's plain `Yield`: tokio
+/// defers a task woken that way until the worker has polled its I/O driver,
+/// so every round of guest slices lets new connections and timers through.
+/// A task that merely wakes itself goes back into the run queue, and a busy
+/// worker polls the driver only every 61 polls (tokio's `event_interval`),
+/// which is a third of a second of guest slices.
+fn time_slice(
+    timeout: Duration,
+) -> impl FnMut(wasmtime::StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline>
++ Send
++ Sync
++ 'static {
+    let started = std::time::Instant::now();
+    move |_: wasmtime::StoreContextMut<'_, HostState>| {
+        if started.elapsed() >= timeout {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
     }
 }
 

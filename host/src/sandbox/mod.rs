@@ -2,8 +2,8 @@
 //! message. Below it are the model and the store; above it the registry
 //! (which loads modules into it) and dispatch (which runs messages in it).
 //!
-//! - [`engine`]: wasmtime (pooling allocator, epoch deadlines, memory caps),
-//!   the linker, per-message stores;
+//! - [`engine`]: wasmtime (pooling allocator, epoch time slices and
+//!   deadlines, memory caps), the linker, per-message stores;
 //! - [`bindings`]: the generated host side of `wit/switchyard.wit`;
 //! - [`state`]: what one store carries ([`state::HostState`]);
 //! - [`capabilities`]: the WIT imports a module gets (repository, events,

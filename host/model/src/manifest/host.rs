@@ -28,6 +28,16 @@ pub const DEFAULT_ROLLBACK_AFTER: u32 = 5;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 30_000;
 /// Largest total size of an HTTP request's header names and values.
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+/// From a request's first byte to the end of its headers: a client that
+/// trickles or stops its headers gets 408 and the connection is closed.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+/// A connection on which no byte moves while no request is being handled
+/// (a client that connects and sends nothing, an idle keep-alive, a client
+/// that stops reading its answer) is closed after this long.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 5_000;
+/// HTTP connections open at once; further clients wait in the listen
+/// backlog until one closes. Keep the process's open-file limit above it.
+pub const DEFAULT_MAX_OPEN_CONNECTIONS: usize = 1_024;
 
 #[derive(Debug, Clone)]
 pub struct HostSettings {
@@ -46,6 +56,12 @@ pub struct HostSettings {
     pub request_timeout: Duration,
     /// `max-header-bytes`: cap of one request's header names and values.
     pub max_header_bytes: usize,
+    /// `header-read-timeout-ms`: a request's first byte to its last header.
+    pub header_read_timeout: Duration,
+    /// `idle-timeout-ms`: longest a connection stays open with nothing moving.
+    pub idle_timeout: Duration,
+    /// `max-open-connections`: HTTP connections open at once.
+    pub max_open_connections: usize,
     /// Compiled-component cache folder (absolute).
     pub cache_dir: PathBuf,
     /// Default of `modules.*.rollback-after`.
@@ -71,6 +87,9 @@ pub(super) struct RawHost {
     max_body_bytes: Option<usize>,
     request_timeout_ms: Option<u64>,
     max_header_bytes: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    max_open_connections: Option<usize>,
     cache_dir: Option<String>,
     rollback_after: Option<u32>,
     max_connections: Option<u32>,
@@ -101,6 +120,16 @@ impl RawHost {
             max_body_bytes: self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             request_timeout: Duration::from_millis(request_timeout_ms),
             max_header_bytes: self.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+            header_read_timeout: Duration::from_millis(
+                self.header_read_timeout_ms
+                    .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            ),
+            idle_timeout: Duration::from_millis(
+                self.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS),
+            ),
+            max_open_connections: self
+                .max_open_connections
+                .unwrap_or(DEFAULT_MAX_OPEN_CONNECTIONS),
             cache_dir: dir.join(self.cache_dir.as_deref().unwrap_or(DEFAULT_CACHE_DIR)),
             rollback_after: self.rollback_after.unwrap_or(DEFAULT_ROLLBACK_AFTER),
             max_connections: self.max_connections,
@@ -116,6 +145,20 @@ impl HostSettings {
         if self.request_timeout.is_zero() {
             return Err(Invalid::new(
                 "host.request-timeout-ms",
+                "must be at least 1",
+            ));
+        }
+        for (key, timeout) in [
+            ("host.header-read-timeout-ms", self.header_read_timeout),
+            ("host.idle-timeout-ms", self.idle_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(Invalid::new(key, "must be at least 1"));
+            }
+        }
+        if self.max_open_connections == 0 {
+            return Err(Invalid::new(
+                "host.max-open-connections",
                 "must be at least 1",
             ));
         }
@@ -202,7 +245,31 @@ mod tests {
             std::time::Duration::from_millis(1500)
         );
         assert_eq!(m.host.max_header_bytes, 4096);
+        let m = parse(
+            "[host]\nheader-read-timeout-ms = 700\nidle-timeout-ms = 900\nmax-open-connections = 8\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            (
+                m.host.header_read_timeout.as_millis(),
+                m.host.idle_timeout.as_millis(),
+                m.host.max_open_connections
+            ),
+            (700, 900, 8)
+        );
         let m = parse("").expect("valid");
+        assert_eq!(
+            (
+                m.host.header_read_timeout,
+                m.host.idle_timeout,
+                m.host.max_open_connections
+            ),
+            (
+                std::time::Duration::from_millis(DEFAULT_HEADER_READ_TIMEOUT_MS),
+                std::time::Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
+                DEFAULT_MAX_OPEN_CONNECTIONS
+            )
+        );
         assert_eq!(m.host.message_token_env, None);
         assert_eq!(
             m.host.request_timeout,
@@ -212,6 +279,9 @@ mod tests {
             ("request-timeout-ms = 0", "host.request-timeout-ms"),
             ("max-header-bytes = 10", "host.max-header-bytes"),
             ("message-token-env = \"\"", "host.message-token-env"),
+            ("header-read-timeout-ms = 0", "host.header-read-timeout-ms"),
+            ("idle-timeout-ms = 0", "host.idle-timeout-ms"),
+            ("max-open-connections = 0", "host.max-open-connections"),
         ] {
             let err = parse(&format!("[host]\n{text}\n")).expect_err("must be refused");
             assert!(err.to_string().contains(key), "{err}");

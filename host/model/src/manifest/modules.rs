@@ -17,6 +17,14 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// First retry delay; doubled per attempt, with jitter.
 pub const DEFAULT_BACKOFF_MS: u64 = 100;
+/// Messages of one module handled at once (running instances, or waiting
+/// on the store inside one); more wait their turn. Bounds what one module
+/// takes of the host's guest slots and CPU, so a module whose messages all
+/// spin to their timeout cannot crowd out the others.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 32;
+/// Upper bound of `max-concurrency`: the host runs at most this many guest
+/// instances in all (three quarters of its 1,000 pool slots).
+pub const MAX_CONCURRENCY_LIMIT: u32 = 750;
 /// Upper bound of `max-memory-mb` (the pooling allocator reserves this much per slot).
 pub const MAX_MEMORY_MB_LIMIT: u64 = 4_096;
 
@@ -54,6 +62,9 @@ pub struct ModuleEntry {
     pub max_attempts: u32,
     #[serde(default = "default_backoff_ms")]
     pub backoff_ms: u64,
+    /// Messages of this module handled at once; more wait.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
     /// Overrides `host.rollback-after` for this module.
     #[serde(default)]
     pub rollback_after: Option<u32>,
@@ -73,6 +84,9 @@ fn default_max_attempts() -> u32 {
 }
 fn default_backoff_ms() -> u64 {
     DEFAULT_BACKOFF_MS
+}
+fn default_max_concurrency() -> u32 {
+    DEFAULT_MAX_CONCURRENCY
 }
 
 /// Checks every entry, in name order; the first bad one is the error.
@@ -133,6 +147,12 @@ impl ModuleEntry {
         if self.max_attempts == 0 {
             return Err(("max-attempts", "must be at least 1".into()));
         }
+        if self.max_concurrency == 0 || self.max_concurrency > MAX_CONCURRENCY_LIMIT {
+            return Err((
+                "max-concurrency",
+                format!("must be 1 to {MAX_CONCURRENCY_LIMIT}"),
+            ));
+        }
         if self.artifact.is_some() && self.build.is_none() {
             return Err((
                 "artifact",
@@ -155,5 +175,29 @@ fn check_module_name(name: &str) -> Result<(), String> {
         Err(format!(
             "module name {name:?} must be 1 to 64 of [A-Za-z0-9_-]"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse_test_manifest as parse;
+    use super::*;
+
+    #[test]
+    fn max_concurrency_has_a_default_and_bounds() {
+        let m = parse("[modules.a]\nfile = \"a.wasm\"\n").expect("valid");
+        assert_eq!(m.modules["a"].max_concurrency, DEFAULT_MAX_CONCURRENCY);
+        let m = parse("[modules.a]\nfile = \"a.wasm\"\nmax-concurrency = 4\n").expect("valid");
+        assert_eq!(m.modules["a"].max_concurrency, 4);
+        for bad in [0, MAX_CONCURRENCY_LIMIT + 1] {
+            let err = parse(&format!(
+                "[modules.a]\nfile = \"a.wasm\"\nmax-concurrency = {bad}\n"
+            ))
+            .expect_err("must be refused");
+            assert!(
+                err.to_string().contains("modules.a.max-concurrency"),
+                "{err}"
+            );
+        }
     }
 }
