@@ -163,3 +163,38 @@ async fn a_module_runs_at_most_max_concurrency_messages_at_once() {
     );
     host.stop().await;
 }
+
+/// `describe` runs under the same time slices and deadline as `handle`: a
+/// module that never answers it is refused at its `timeout-ms`, and the host
+/// starts and serves the others meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_describe_that_never_returns_is_stopped_at_its_timeout() {
+    let stuck = "\n[modules.stuck]\nfile = \"stuck.wasm\"\ntimeout-ms = 300\n";
+    let project = Project::new(
+        &["orders", "inventory", "stuck"],
+        &format!("{EXAMPLES}{stuck}"),
+    );
+    let started = Instant::now();
+    let host = project.start().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "start took {:?}",
+        started.elapsed()
+    );
+    let (_, modules) = host.get("/v1/modules").await;
+    let stuck = modules["modules"]
+        .as_array()
+        .expect("modules")
+        .iter()
+        .find(|m| m["name"] == "stuck")
+        .cloned()
+        .expect("listed with its error");
+    assert_eq!(stuck["status"], "failed", "{stuck}");
+    let error = stuck["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("describe failed"), "{error}");
+    let (status, _) = host
+        .command("inventory", "restock", json!({"sku": "fig", "qty": 1}))
+        .await;
+    assert_eq!(status, 200);
+    host.stop().await;
+}
