@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::Invalid;
 use crate::envelope::check_name;
+use crate::grants::Budgets;
 
 /// Linear memory cap of one module instance.
 pub const DEFAULT_MAX_MEMORY_MB: u64 = 64;
@@ -19,6 +20,22 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_BACKOFF_MS: u64 = 100;
 /// Upper bound of `max-memory-mb` (the pooling allocator reserves this much per slot).
 pub const MAX_MEMORY_MB_LIMIT: u64 = 4_096;
+/// Bytes one message may buffer in writes and events together (`max-write-bytes`):
+/// collection, key and value of each document written, topic, subtopic,
+/// body and headers of each event. Over it the call returns `too-large`.
+pub const DEFAULT_MAX_WRITE_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes of keys and values one `scan` or `read-scan` may return
+/// (`max-scan-bytes`); the store stops loading there and the call returns
+/// `too-large` saying how many documents fit. Also what the unit of work
+/// keeps of the documents a message `get`s.
+pub const DEFAULT_MAX_SCAN_BYTES: u64 = 4 * 1024 * 1024;
+/// Bytes of JSON one `handle` call may answer (`max-answer-bytes`); a
+/// longer answer fails the message as a trap and nothing is stored.
+pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 1024 * 1024;
+/// Smallest value of each `max-*-bytes` budget.
+pub const MIN_BUDGET_BYTES: u64 = 1024;
+/// Largest value of each `max-*-bytes` budget.
+pub const MAX_BUDGET_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// One `[modules.NAME]` table. Compared on reload: an unchanged entry with
 /// an unchanged file keeps its loaded module.
@@ -54,6 +71,15 @@ pub struct ModuleEntry {
     pub max_attempts: u32,
     #[serde(default = "default_backoff_ms")]
     pub backoff_ms: u64,
+    /// Per-message budget of buffered writes and events, in bytes.
+    #[serde(default = "default_max_write_bytes")]
+    pub max_write_bytes: u64,
+    /// Per-call budget of one scan's documents, in bytes.
+    #[serde(default = "default_max_scan_bytes")]
+    pub max_scan_bytes: u64,
+    /// Per-message budget of `handle`'s answer, in bytes.
+    #[serde(default = "default_max_answer_bytes")]
+    pub max_answer_bytes: u64,
     /// Overrides `host.rollback-after` for this module.
     #[serde(default)]
     pub rollback_after: Option<u32>,
@@ -74,6 +100,15 @@ fn default_max_attempts() -> u32 {
 fn default_backoff_ms() -> u64 {
     DEFAULT_BACKOFF_MS
 }
+fn default_max_write_bytes() -> u64 {
+    DEFAULT_MAX_WRITE_BYTES
+}
+fn default_max_scan_bytes() -> u64 {
+    DEFAULT_MAX_SCAN_BYTES
+}
+fn default_max_answer_bytes() -> u64 {
+    DEFAULT_MAX_ANSWER_BYTES
+}
 
 /// Checks every entry, in name order; the first bad one is the error.
 pub(super) fn validate(
@@ -87,6 +122,18 @@ pub(super) fn validate(
 }
 
 impl ModuleEntry {
+    /// The module's per-message budgets.
+    pub fn budgets(&self) -> Budgets {
+        // Checked to be at most MAX_BUDGET_BYTES (1 GiB): fits any usize
+        // the host runs on.
+        let bytes = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Budgets {
+            write_bytes: bytes(self.max_write_bytes),
+            scan_bytes: bytes(self.max_scan_bytes),
+            answer_bytes: bytes(self.max_answer_bytes),
+        }
+    }
+
     /// Checks the entry of module `name`; errors name `modules.<name>.<key>`.
     fn check(&self, name: &str) -> Result<(), Invalid> {
         let invalid =
@@ -132,6 +179,18 @@ impl ModuleEntry {
         }
         if self.max_attempts == 0 {
             return Err(("max-attempts", "must be at least 1".into()));
+        }
+        for (key, value) in [
+            ("max-write-bytes", self.max_write_bytes),
+            ("max-scan-bytes", self.max_scan_bytes),
+            ("max-answer-bytes", self.max_answer_bytes),
+        ] {
+            if !(MIN_BUDGET_BYTES..=MAX_BUDGET_BYTES).contains(&value) {
+                return Err((
+                    key,
+                    format!("must be {MIN_BUDGET_BYTES} to {MAX_BUDGET_BYTES} bytes"),
+                ));
+            }
         }
         if self.artifact.is_some() && self.build.is_none() {
             return Err((
