@@ -101,12 +101,7 @@ impl Dispatcher {
                 _ => Attempt::Failed(FailureKind::Trap, trap_message(&e)),
             }),
             Ok(Ok(Err(error))) => Err(refused(error, uow.conflicted)),
-            Ok(Ok(Ok(output))) => RawValue::from_string(output).map_err(|e| {
-                Attempt::Failed(
-                    FailureKind::Trap,
-                    format!("handle returned text that is not JSON: {e}"),
-                )
-            }),
+            Ok(Ok(Ok(output))) => answer(output, module.grants.budgets.answer_bytes),
         }?;
         let uow = std::mem::replace(
             &mut store.data_mut().uow,
@@ -176,6 +171,27 @@ impl Dispatcher {
             Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
         }
     }
+}
+
+/// The JSON `handle` answered, if it fits the module's `max-answer-bytes`:
+/// a longer answer fails the message as a trap, so nothing of it is stored
+/// or sent on.
+fn answer(output: String, budget: usize) -> Result<Box<RawValue>, Attempt> {
+    if output.len() > budget {
+        return Err(Attempt::Failed(
+            FailureKind::Trap,
+            format!(
+                "handle answered {} bytes; an answer may hold at most {budget} (max-answer-bytes)",
+                output.len()
+            ),
+        ));
+    }
+    RawValue::from_string(output).map_err(|e| {
+        Attempt::Failed(
+            FailureKind::Trap,
+            format!("handle returned text that is not JSON: {e}"),
+        )
+    })
 }
 
 /// The envelope as the guest receives it, with the attempt number (from

@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod budgets;
 pub(crate) mod support;
 
 use std::collections::BTreeMap;
