@@ -100,10 +100,7 @@ async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
         plugins.join("sdk/Cargo.toml"),
     )
     .unwrap();
-    for f in std::fs::read_dir(root.join("plugins/sdk/src")).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), plugins.join("sdk/src").join(f.file_name())).unwrap();
-    }
+    copy_tree(&root.join("plugins/sdk/src"), &plugins.join("sdk/src"));
     std::fs::copy(
         root.join("wit/switchyard.wit"),
         dir.path().join("wit/switchyard.wit"),
@@ -341,4 +338,18 @@ fn check_compares_describe_with_the_manifests_topics_and_grants() {
     let (ok, stdout, stderr) = switchyard(&project, &["check"]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+/// Copies the files of `from` into `to`, folders included.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! What a module may touch, fixed when it loads: its name, the topics it may
-//! emit, the modules whose collections it may read, its `config` table, and
-//! the rate at which it may log.
+//! emit, the modules whose collections it may read, its `config` table, its
+//! per-message budgets, and the rate at which it may log (which also bounds
+//! the host's own lines about what the module did).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,8 +17,84 @@ pub struct Grants {
     pub reads: Vec<String>,
     /// The `config` table: strings as they are, other values as JSON.
     pub config: BTreeMap<String, String>,
-    /// The module's log rate (log import, stdout and stderr together).
+    /// The module's log rate (log import, stdout and stderr together, and
+    /// the host's lines about calls it refused).
     pub log_limiter: Arc<LogLimiter>,
+    /// What one message may make the host hold.
+    pub budgets: Budgets,
+}
+
+impl Grants {
+    /// Whether the host may write one more line about what this module did
+    /// (a refused call, a failed message): the module's own log rate, so a
+    /// module that provokes refusals in a loop cannot flood the host's log.
+    pub fn may_log(&self) -> bool {
+        self.log_limiter.admit(&self.name)
+    }
+}
+
+/// Bytes one message may buffer in writes and events together (`max-write-bytes`):
+/// collection, key and value of each document written, topic, subtopic,
+/// body and headers of each event. Over it the call returns `too-large`.
+pub const DEFAULT_MAX_WRITE_BYTES: u64 = 8 * 1024 * 1024;
+/// Bytes of keys and values one `scan` or `read-scan` may return
+/// (`max-scan-bytes`); the store stops loading there and the call returns
+/// `too-large` saying how many documents fit. Also what the unit of work
+/// keeps of the documents a message `get`s.
+pub const DEFAULT_MAX_SCAN_BYTES: u64 = 4 * 1024 * 1024;
+/// Bytes of JSON one `handle` call may answer (`max-answer-bytes`); a
+/// longer answer fails the message as a trap and nothing is stored.
+pub const DEFAULT_MAX_ANSWER_BYTES: u64 = 1024 * 1024;
+/// Smallest value of each `max-*-bytes` budget.
+pub const MIN_BUDGET_BYTES: u64 = 1024;
+/// Largest value of each `max-*-bytes` budget.
+pub const MAX_BUDGET_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Per-message budgets of a module, in bytes (manifest keys
+/// `max-write-bytes`, `max-scan-bytes`, `max-answer-bytes`): with
+/// `max-memory-mb` they bound what one message makes the host hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// Buffered writes and events of one message together.
+    pub write_bytes: usize,
+    /// Keys and values one scan returns (and the store loads for it); also
+    /// what the unit of work keeps of the documents a message reads.
+    pub scan_bytes: usize,
+    /// The JSON `handle` returns.
+    pub answer_bytes: usize,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        let bytes = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Self {
+            write_bytes: bytes(DEFAULT_MAX_WRITE_BYTES),
+            scan_bytes: bytes(DEFAULT_MAX_SCAN_BYTES),
+            answer_bytes: bytes(DEFAULT_MAX_ANSWER_BYTES),
+        }
+    }
+}
+
+/// Longest piece of guest-chosen text (a topic, a key, an owner, an error
+/// message) the host quotes in its own log lines and error messages.
+pub const MAX_QUOTED_BYTES: usize = 256;
+
+/// `text` cut to at most `max` bytes (on a character boundary), with `...`
+/// when something was cut: guest-chosen text is quoted only this far.
+pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!("{}...", &text[..cut]))
+}
+
+/// [`clip`] to [`MAX_QUOTED_BYTES`].
+pub fn quote(text: &str) -> Cow<'_, str> {
+    clip(text, MAX_QUOTED_BYTES)
 }
 
 /// Lines a module may log per second on average (log import, stdout and
@@ -119,6 +197,15 @@ impl LogLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_cuts_on_a_character_boundary() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("abcdef", 3), "abc...");
+        // 'é' is two bytes: a cut inside it moves back before it.
+        assert_eq!(clip("aé", 2), "a...");
+        assert_eq!(quote(&"x".repeat(10_000)).len(), MAX_QUOTED_BYTES + 3);
+    }
 
     #[test]
     fn bucket_drops_over_the_rate_and_refills() {

@@ -9,9 +9,14 @@ use crate::sandbox::bindings::switchyard::module::types as wit;
 use crate::sandbox::engine::EPOCH_TICK;
 use crate::sandbox::uow::{MessageMeta, UnitOfWork};
 use switchyard_model::envelope::Envelope;
+use switchyard_model::grants::clip;
 use switchyard_model::outcome::{Answer, FailureKind};
 use switchyard_model::trace;
 use switchyard_store::{Commit, StoreError};
+
+/// Longest error text of a module's `handle-error` the host keeps (in its
+/// log, dead letters, failure events and HTTP answers); the rest is cut.
+pub const MAX_ERROR_TEXT: usize = 4 * 1024;
 
 /// One try of one message.
 pub(super) enum Attempt {
@@ -100,12 +105,7 @@ impl Dispatcher {
                 _ => Attempt::Failed(FailureKind::Trap, trap_message(&e)),
             }),
             Ok(Ok(Err(error))) => Err(refused(error, uow.conflicted)),
-            Ok(Ok(Ok(output))) => RawValue::from_string(output).map_err(|e| {
-                Attempt::Failed(
-                    FailureKind::Trap,
-                    format!("handle returned text that is not JSON: {e}"),
-                )
-            }),
+            Ok(Ok(Ok(output))) => answer(output, module.grants.budgets.answer_bytes),
         }?;
         let uow = std::mem::replace(
             &mut store.data_mut().uow,
@@ -154,7 +154,12 @@ impl Dispatcher {
             // Bad output of the module: retried, then dead-lettered. The
             // database's own words stay in the host's log.
             Err(StoreError::Refused(detail)) => {
-                tracing::warn!(module = %module.name, id = %envelope.id, %detail, "store refused the unit of work");
+                // The database's words may quote the module's data: cut, and
+                // under the module's log rate.
+                if module.grants.may_log() {
+                    let detail = clip(&detail, 1024);
+                    tracing::warn!(module = %module.name, id = %envelope.id, %detail, "store refused the unit of work");
+                }
                 Attempt::Failed(
                     FailureKind::Trap,
                     "the store cannot hold a value the module wrote".into(),
@@ -170,6 +175,27 @@ impl Dispatcher {
             Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
         }
     }
+}
+
+/// The JSON `handle` answered, if it fits the module's `max-answer-bytes`:
+/// a longer answer fails the message as a trap, so nothing of it is stored
+/// or sent on.
+fn answer(output: String, budget: usize) -> Result<Box<RawValue>, Attempt> {
+    if output.len() > budget {
+        return Err(Attempt::Failed(
+            FailureKind::Trap,
+            format!(
+                "handle answered {} bytes; an answer may hold at most {budget} (max-answer-bytes)",
+                output.len()
+            ),
+        ));
+    }
+    RawValue::from_string(output).map_err(|e| {
+        Attempt::Failed(
+            FailureKind::Trap,
+            format!("handle returned text that is not JSON: {e}"),
+        )
+    })
 }
 
 /// The envelope as the guest receives it, with the attempt number (from
@@ -192,12 +218,14 @@ fn guest_envelope(envelope: &Envelope, attempt: u32) -> wit::Envelope {
 /// A typed error the module returned. `transient` after a version conflict
 /// is the SDK's way of saying "conflict": run the message again on fresh
 /// state.
+/// The module's text is cut to [`MAX_ERROR_TEXT`].
 fn refused(error: wit::HandleError, conflicted: bool) -> Attempt {
+    let cut = |m: String| clip(&m, MAX_ERROR_TEXT).into_owned();
     match error {
-        wit::HandleError::Invalid(m) => Attempt::Failed(FailureKind::Invalid, m),
-        wit::HandleError::Rejected(m) => Attempt::Failed(FailureKind::Rejected, m),
+        wit::HandleError::Invalid(m) => Attempt::Failed(FailureKind::Invalid, cut(m)),
+        wit::HandleError::Rejected(m) => Attempt::Failed(FailureKind::Rejected, cut(m)),
         wit::HandleError::Transient(_) if conflicted => Attempt::Conflict,
-        wit::HandleError::Transient(m) => Attempt::Failed(FailureKind::Transient, m),
+        wit::HandleError::Transient(m) => Attempt::Failed(FailureKind::Transient, cut(m)),
     }
 }
 

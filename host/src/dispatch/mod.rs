@@ -226,10 +226,14 @@ impl Dispatcher {
                 ),
                 Attempt::Failed(kind, message) => (kind, message),
             };
-            tracing::warn!(
-                module = %module.name, id = %envelope.id, attempt = attempts,
-                kind = kind.as_str(), "handling failed: {message}"
-            );
+            // What the module did is said under its log rate (its error
+            // text is cut already); the host's own trouble always.
+            if kind == FailureKind::Unavailable || module.grants.may_log() {
+                tracing::warn!(
+                    module = %module.name, id = %envelope.id, attempt = attempts,
+                    kind = kind.as_str(), "handling failed: {message}"
+                );
+            }
             if kind == FailureKind::Unavailable {
                 return Outcome::Failed(Failure {
                     kind,

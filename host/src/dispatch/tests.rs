@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod budgets;
 pub(crate) mod support;
 
 use std::collections::BTreeMap;
@@ -400,9 +401,10 @@ impl MessageStore for Scripted {
         c: &'a str,
         prefix: &'a str,
         limit: u32,
+        max_bytes: usize,
     ) -> StoreFuture<'a, Vec<(String, Document)>> {
         self.read_error()
-            .unwrap_or_else(|| self.memory.scan(m, c, prefix, limit))
+            .unwrap_or_else(|| self.memory.scan(m, c, prefix, limit, max_bytes))
     }
 
     fn inbox_answer<'a>(&'a self, m: &'a str, id: &'a str) -> StoreFuture<'a, Option<String>> {

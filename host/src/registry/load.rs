@@ -314,6 +314,7 @@ impl Loader<'_> {
             reads: entry.map(|e| e.reads.clone()).unwrap_or_default(),
             config: entry.map(config).unwrap_or_default(),
             log_limiter: Default::default(),
+            budgets: entry.map(ModuleEntry::budgets).unwrap_or_default(),
         });
         tracing::info!(module = %name, version = %descriptor.version, %sha256, code = how, ?topics, ?subscribes, "module loaded");
         Ok(LoadedModule {

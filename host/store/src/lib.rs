@@ -27,6 +27,12 @@ pub struct Document {
     pub version: u64,
 }
 
+/// What a document counts against a scan's byte budget: its key and its
+/// value (the JSON text), as the module receives them.
+pub fn scan_size(key: &str, document: &Document) -> usize {
+    key.len() + document.value.len()
+}
+
 /// One buffered change of a unit of work. `base_version` is the version the
 /// handler saw (0 = absent); the commit fails if the document moved on.
 #[derive(Debug, Clone)]
@@ -214,15 +220,17 @@ impl Store {
         delegate!(self, s => s.get(module, collection, key).await)
     }
 
-    /// Documents whose key starts with `prefix`, in key order, at most `limit`.
+    /// Documents whose key starts with `prefix`, in key order, at most
+    /// `limit`, loading no more than `max_bytes` (see [`MessageStore::scan`]).
     pub async fn scan(
         &self,
         module: &str,
         collection: &str,
         prefix: &str,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<(String, Document)>, StoreError> {
-        delegate!(self, s => s.scan(module, collection, prefix, limit).await)
+        delegate!(self, s => s.scan(module, collection, prefix, limit, max_bytes).await)
     }
 
     /// The stored answer if `module` already processed `message_id`.

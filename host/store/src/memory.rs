@@ -172,6 +172,7 @@ impl MessageStore for MemoryStore {
         collection: &'a str,
         prefix: &'a str,
         limit: u32,
+        max_bytes: usize,
     ) -> StoreFuture<'a, Vec<(String, Document)>> {
         let result = self.check_up().map(|()| {
             let state = self.state();
@@ -180,15 +181,19 @@ impl MessageStore for MemoryStore {
                 collection.to_string(),
                 prefix.to_string(),
             );
-            state
-                .documents
-                .range(from..)
-                .take_while(|((m, c, k), _)| {
-                    m == module && c == collection && k.starts_with(prefix)
-                })
-                .take(usize::try_from(limit).unwrap_or(usize::MAX))
-                .map(|((_, _, k), d)| (k.clone(), d.clone()))
-                .collect()
+            let mut loaded = 0usize;
+            let mut out = Vec::new();
+            for ((m, c, k), d) in state.documents.range(from..).take(limit as usize) {
+                if m != module || c != collection || !k.starts_with(prefix) {
+                    break;
+                }
+                loaded = loaded.saturating_add(crate::scan_size(k, d));
+                out.push((k.clone(), d.clone()));
+                if loaded > max_bytes {
+                    break;
+                }
+            }
+            out
         });
         Box::pin(async move { result })
     }
@@ -297,12 +302,21 @@ mod tests {
         }
         store.put("m", "d", "b0", "0");
         store.put("other", "c", "b0", "0");
-        let keys: Vec<String> = (store.scan("m", "c", "b", 10).await.unwrap())
+        let keys: Vec<String> = (store.scan("m", "c", "b", 10, usize::MAX).await.unwrap())
             .into_iter()
             .map(|(k, _)| k)
             .collect();
         assert_eq!(keys, ["b1", "b2"]);
-        assert_eq!(store.scan("m", "c", "", 2).await.unwrap().len(), 2);
+        assert_eq!(
+            store.scan("m", "c", "", 2, usize::MAX).await.unwrap().len(),
+            2
+        );
+        // Loading stops after the document that crosses the byte budget.
+        let cut: Vec<String> = (store.scan("m", "c", "", 10, 2).await.unwrap())
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(cut, ["a", "b1"]);
     }
 
     #[tokio::test]

@@ -27,13 +27,18 @@ pub trait MessageStore: Send + Sync + 'static {
         key: &'a str,
     ) -> StoreFuture<'a, Option<Document>>;
 
-    /// Documents whose key starts with `prefix`, in key order, at most `limit`.
+    /// Documents whose key starts with `prefix`, in key order, at most
+    /// `limit`. Loading stops after the document that takes the total
+    /// [`scan_size`](crate::scan_size) past `max_bytes`: a scan cut short
+    /// shows as one whose documents total more than `max_bytes`, and what
+    /// the store loaded for it stays within `max_bytes` plus one document.
     fn scan<'a>(
         &'a self,
         module: &'a str,
         collection: &'a str,
         prefix: &'a str,
         limit: u32,
+        max_bytes: usize,
     ) -> StoreFuture<'a, Vec<(String, Document)>>;
 
     /// The stored answer if `module` already processed `message_id`.
@@ -75,8 +80,11 @@ impl MessageStore for Store {
         collection: &'a str,
         prefix: &'a str,
         limit: u32,
+        max_bytes: usize,
     ) -> StoreFuture<'a, Vec<(String, Document)>> {
-        Box::pin(Store::scan(self, module, collection, prefix, limit))
+        Box::pin(Store::scan(
+            self, module, collection, prefix, limit, max_bytes,
+        ))
     }
 
     fn inbox_answer<'a>(

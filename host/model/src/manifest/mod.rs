@@ -30,8 +30,9 @@ pub use host::{
     DEFAULT_PLUGINS_DIR, DEFAULT_REQUEST_TIMEOUT_MS, DEFAULT_ROLLBACK_AFTER, HostSettings,
 };
 pub use modules::{
-    DEFAULT_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_MEMORY_MB,
-    DEFAULT_TIMEOUT_MS, MAX_CONCURRENCY_LIMIT, MAX_MEMORY_MB_LIMIT, ModuleEntry,
+    DEFAULT_BACKOFF_MS, DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_MEMORY_MB, DEFAULT_MAX_SCAN_BYTES, DEFAULT_MAX_WRITE_BYTES, DEFAULT_TIMEOUT_MS,
+    MAX_BUDGET_BYTES, MAX_CONCURRENCY_LIMIT, MAX_MEMORY_MB_LIMIT, MIN_BUDGET_BYTES, ModuleEntry,
 };
 pub use retention::{
     DEFAULT_CACHE_RETENTION, DEFAULT_RETENTION, DEFAULT_RETENTION_EVERY, RetentionSettings,
@@ -192,6 +193,27 @@ mod tests {
         assert_eq!(
             (orders.max_memory_mb, orders.timeout_ms, orders.max_attempts),
             (64, 2000, 5)
+        );
+    }
+
+    #[test]
+    fn budgets_have_defaults_and_bounds() {
+        let m = parse("[modules.a]\nfile = \"a.wasm\"\n").expect("valid");
+        assert_eq!(m.modules["a"].budgets(), crate::grants::Budgets::default());
+        let m = parse(
+            "[modules.a]\nfile = \"a.wasm\"\nmax-write-bytes = 2048\nmax-scan-bytes = 4096\nmax-answer-bytes = 1024\n",
+        )
+        .expect("valid");
+        let b = m.modules["a"].budgets();
+        assert_eq!(
+            (b.write_bytes, b.scan_bytes, b.answer_bytes),
+            (2048, 4096, 1024)
+        );
+        let err = parse("[modules.a]\nfile = \"a.wasm\"\nmax-scan-bytes = 0\n")
+            .expect_err("must be refused");
+        assert!(
+            err.to_string().contains("modules.a.max-scan-bytes"),
+            "{err}"
         );
     }
 

@@ -8,6 +8,10 @@ use serde::Deserialize;
 
 use super::Invalid;
 use crate::envelope::check_name;
+pub use crate::grants::{
+    Budgets, DEFAULT_MAX_ANSWER_BYTES, DEFAULT_MAX_SCAN_BYTES, DEFAULT_MAX_WRITE_BYTES,
+    MAX_BUDGET_BYTES, MIN_BUDGET_BYTES,
+};
 
 /// Linear memory cap of one module instance.
 pub const DEFAULT_MAX_MEMORY_MB: u64 = 64;
@@ -65,6 +69,15 @@ pub struct ModuleEntry {
     /// Messages of this module handled at once; more wait.
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
+    /// Per-message budget of buffered writes and events, in bytes.
+    #[serde(default = "default_max_write_bytes")]
+    pub max_write_bytes: u64,
+    /// Per-call budget of one scan's documents, in bytes.
+    #[serde(default = "default_max_scan_bytes")]
+    pub max_scan_bytes: u64,
+    /// Per-message budget of `handle`'s answer, in bytes.
+    #[serde(default = "default_max_answer_bytes")]
+    pub max_answer_bytes: u64,
     /// Overrides `host.rollback-after` for this module.
     #[serde(default)]
     pub rollback_after: Option<u32>,
@@ -88,6 +101,15 @@ fn default_backoff_ms() -> u64 {
 fn default_max_concurrency() -> u32 {
     DEFAULT_MAX_CONCURRENCY
 }
+fn default_max_write_bytes() -> u64 {
+    DEFAULT_MAX_WRITE_BYTES
+}
+fn default_max_scan_bytes() -> u64 {
+    DEFAULT_MAX_SCAN_BYTES
+}
+fn default_max_answer_bytes() -> u64 {
+    DEFAULT_MAX_ANSWER_BYTES
+}
 
 /// Checks every entry, in name order; the first bad one is the error.
 pub(super) fn validate(
@@ -101,6 +123,18 @@ pub(super) fn validate(
 }
 
 impl ModuleEntry {
+    /// The module's per-message budgets.
+    pub fn budgets(&self) -> Budgets {
+        // Checked to be at most MAX_BUDGET_BYTES (1 GiB): fits any usize
+        // the host runs on.
+        let bytes = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        Budgets {
+            write_bytes: bytes(self.max_write_bytes),
+            scan_bytes: bytes(self.max_scan_bytes),
+            answer_bytes: bytes(self.max_answer_bytes),
+        }
+    }
+
     /// Checks the entry of module `name`; errors name `modules.<name>.<key>`.
     fn check(&self, name: &str) -> Result<(), Invalid> {
         let invalid =
@@ -152,6 +186,18 @@ impl ModuleEntry {
                 "max-concurrency",
                 format!("must be 1 to {MAX_CONCURRENCY_LIMIT}"),
             ));
+        }
+        for (key, value) in [
+            ("max-write-bytes", self.max_write_bytes),
+            ("max-scan-bytes", self.max_scan_bytes),
+            ("max-answer-bytes", self.max_answer_bytes),
+        ] {
+            if !(MIN_BUDGET_BYTES..=MAX_BUDGET_BYTES).contains(&value) {
+                return Err((
+                    key,
+                    format!("must be {MIN_BUDGET_BYTES} to {MAX_BUDGET_BYTES} bytes"),
+                ));
+            }
         }
         if self.artifact.is_some() && self.build.is_none() {
             return Err((

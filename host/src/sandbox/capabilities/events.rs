@@ -13,7 +13,11 @@ impl Host for HostState {
         headers: Vec<(String, String)>,
     ) -> Result<String, EmitError> {
         self.uow.emit(topic, subtopic, body, headers).map_err(|f| {
-            tracing::warn!(module = %self.uow.grants.name, error = ?f, "emit refused");
+            // Under the module's log rate; the failure quotes little of the
+            // guest's text.
+            if self.uow.grants.may_log() {
+                tracing::warn!(module = %self.uow.grants.name, error = ?f, "emit refused");
+            }
             match f {
                 EmitFailure::NotPermitted(m) => EmitError::NotPermitted(m),
                 EmitFailure::TooLarge(m) => EmitError::TooLarge(m),

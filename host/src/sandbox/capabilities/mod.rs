@@ -9,6 +9,9 @@ pub mod log;
 mod repository;
 pub mod wasi;
 
+#[cfg(test)]
+mod tests;
+
 impl crate::sandbox::bindings::switchyard::module::types::Host
     for crate::sandbox::state::HostState
 {

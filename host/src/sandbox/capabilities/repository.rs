@@ -26,10 +26,20 @@ fn to_wit(key: String, doc: store::Document) -> Document {
     }
 }
 
-fn refused(state: &HostState, call: &str, e: &RepoFailure) {
-    if matches!(e, RepoFailure::NotPermitted(_) | RepoFailure::TooLarge(_)) {
-        tracing::warn!(module = %state.uow.grants.name, call, error = ?e, "repository call refused");
-    }
+/// Says in the host's log that a call was refused: under the module's log
+/// rate (a module refused in a loop cannot flood the log), and with the
+/// failure's text, which quotes at most a little of what the guest passed.
+fn refused<T>(state: &HostState, call: &str, r: Result<T, RepoFailure>) -> Result<T, RepoError> {
+    r.map_err(|e| {
+        let worth_saying = matches!(
+            e,
+            RepoFailure::NotPermitted(_) | RepoFailure::TooLarge(_) | RepoFailure::Invalid(_)
+        );
+        if worth_saying && state.uow.grants.may_log() {
+            tracing::warn!(module = %state.uow.grants.name, call, error = ?e, "repository call refused");
+        }
+        e.into()
+    })
 }
 
 impl Host for HostState {
@@ -38,7 +48,8 @@ impl Host for HostState {
         collection: String,
         key: String,
     ) -> Result<Option<Document>, RepoError> {
-        let doc = self.uow.get(&collection, &key).await?;
+        let r = self.uow.get(&collection, &key).await;
+        let doc = refused(self, "get", r)?;
         Ok(doc.map(|d| to_wit(key, d)))
     }
 
@@ -53,8 +64,7 @@ impl Host for HostState {
             .uow
             .put(&collection, &key, value, expected_version)
             .await;
-        r.inspect_err(|e| refused(self, "put", e))
-            .map_err(Into::into)
+        refused(self, "put", r)
     }
 
     async fn delete(
@@ -63,7 +73,8 @@ impl Host for HostState {
         key: String,
         expected_version: Option<u64>,
     ) -> Result<bool, RepoError> {
-        Ok(self.uow.delete(&collection, &key, expected_version).await?)
+        let r = self.uow.delete(&collection, &key, expected_version).await;
+        refused(self, "delete", r)
     }
 
     async fn scan(
@@ -72,7 +83,8 @@ impl Host for HostState {
         prefix: String,
         limit: u32,
     ) -> Result<Vec<Document>, RepoError> {
-        let docs = self.uow.scan(&collection, &prefix, limit).await?;
+        let r = self.uow.scan(&collection, &prefix, limit).await;
+        let docs = refused(self, "scan", r)?;
         Ok(docs.into_iter().map(|(k, d)| to_wit(k, d)).collect())
     }
 
@@ -83,7 +95,7 @@ impl Host for HostState {
         key: String,
     ) -> Result<Option<Document>, RepoError> {
         let r = self.uow.read(&owner, &collection, &key).await;
-        let doc = r.inspect_err(|e| refused(self, "read", e))?;
+        let doc = refused(self, "read", r)?;
         Ok(doc.map(|d| to_wit(key, d)))
     }
 
@@ -98,7 +110,7 @@ impl Host for HostState {
             .uow
             .read_scan(&owner, &collection, &prefix, limit)
             .await;
-        let docs = r.inspect_err(|e| refused(self, "read-scan", e))?;
+        let docs = refused(self, "read-scan", r)?;
         Ok(docs.into_iter().map(|(k, d)| to_wit(k, d)).collect())
     }
 }

@@ -7,19 +7,31 @@
 //! sees one consistent version of each document plus its own writes. Every
 //! write carries the version it was based on; the commit refuses the whole
 //! unit if any of those documents moved on meanwhile (optimistic concurrency).
+//!
+//! What one message makes the host hold is bounded by the module's
+//! [`Budgets`]: its buffered writes and events together (`max-write-bytes`),
+//! one scan's documents, and what its reads leave remembered here (both
+//! `max-scan-bytes`; past it a read keeps only the document's version). A
+//! call over a budget returns `too-large`.
+//!
+//! By concern: this file has the unit, reads and writes; `scan.rs` the
+//! scans and their byte budget; `emit.rs` events; `names.rs` the checks of
+//! the collections, keys and prefixes a guest passes.
+
+mod emit;
+mod names;
+mod scan;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use switchyard_model::envelope::{self, CAUSATION_ID, CORRELATION_ID, Envelope, TIMESTAMP};
-use switchyard_model::grants::Grants;
-use switchyard_model::trace::TRACEPARENT;
+use switchyard_model::envelope::Envelope;
+use switchyard_model::grants::{Budgets, Grants, quote};
 use switchyard_store::{Document, MessageStore, StoreError, Write};
 
-/// Longest collection name a module may use, in bytes.
-pub const MAX_COLLECTION_LEN: usize = 128;
-/// Longest document key, in bytes.
-pub const MAX_KEY_LEN: usize = 512;
+pub use names::{MAX_COLLECTION_LEN, MAX_KEY_LEN};
+use names::{check_collection, check_key};
+
 /// Largest document value, in bytes of JSON.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Most documents one message may write.
@@ -28,8 +40,10 @@ pub const MAX_WRITES: usize = 1_000;
 pub const MAX_SCAN_LIMIT: u32 = 1_000;
 /// Most events one message may emit.
 pub const MAX_EVENTS: usize = 1_000;
-/// Largest total of event bodies one message may emit.
-pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+/// What remembering one read costs beside its collection, key and value
+/// (map entry, strings' headers): counted so that many small reads are
+/// bounded too.
+const SEEN_OVERHEAD: usize = 64;
 
 /// A repository call refused or failed; mapped onto the WIT error variant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +80,30 @@ struct Pending {
     base_version: u64,
 }
 
+impl Pending {
+    fn document(&self) -> Option<Document> {
+        self.value.clone().map(|value| Document {
+            value,
+            version: self.base_version + 1,
+        })
+    }
+}
+
+/// The first read of a document in this message.
+#[derive(Debug, Clone)]
+enum Seen {
+    /// The document as read (`None`: absent).
+    Kept(Option<Document>),
+    /// Read once the remembered reads filled their budget: its version only.
+    Version(u64),
+}
+
 type DocKey = (String, String);
+
+/// What a buffered write holds: its collection, key and value.
+fn write_size((collection, key): &DocKey, value: Option<&str>) -> usize {
+    collection.len() + key.len() + value.map_or(0, str::len)
+}
 
 pub struct UnitOfWork {
     pub grants: Arc<Grants>,
@@ -74,10 +111,13 @@ pub struct UnitOfWork {
     store: Option<Arc<dyn MessageStore>>,
     pub message: Option<MessageMeta>,
     /// First read of each document, so later reads and writes agree.
-    seen: HashMap<DocKey, Option<Document>>,
+    seen: HashMap<DocKey, Seen>,
+    /// What `seen` holds, against `max-scan-bytes`.
+    seen_bytes: usize,
     writes: BTreeMap<DocKey, Pending>,
     events: Vec<Envelope>,
-    event_bytes: usize,
+    /// What `writes` and `events` hold together, against `max-write-bytes`.
+    buffered: usize,
     /// A write found its expected version stale: a retry may succeed.
     pub conflicted: bool,
     /// The store failed under a call: the message must be retried later.
@@ -105,15 +145,28 @@ impl UnitOfWork {
             store,
             message,
             seen: HashMap::new(),
+            seen_bytes: 0,
             writes: BTreeMap::new(),
             events: Vec::new(),
-            event_bytes: 0,
+            buffered: 0,
             conflicted: false,
             store_error: None,
         }
     }
 
+    fn budgets(&self) -> Budgets {
+        self.grants.budgets
+    }
+
+    /// The store, unless there is none or it failed under this message
+    /// already (the message is retried anyway: no more calls, no more lines
+    /// about it in the log).
     fn store(&self) -> Result<&dyn MessageStore, RepoFailure> {
+        if self.store_error.is_some() {
+            return Err(RepoFailure::Unavailable(
+                "the store is unavailable; the message will be retried".into(),
+            ));
+        }
         self.store
             .as_deref()
             .ok_or_else(|| RepoFailure::Unavailable("no message is being handled".into()))
@@ -131,22 +184,78 @@ impl UnitOfWork {
         collection: &str,
         key: &str,
     ) -> Result<Option<Document>, RepoFailure> {
-        check_address(collection, key)?;
+        check_collection(collection)?;
+        check_key(key)?;
         let id = (collection.to_string(), key.to_string());
         if let Some(p) = self.writes.get(&id) {
-            return Ok(p.value.clone().map(|value| Document {
-                value,
-                version: p.base_version + 1,
-            }));
+            return Ok(p.document());
         }
-        if let Some(doc) = self.seen.get(&id) {
-            return Ok(doc.clone());
+        match self.seen.get(&id) {
+            Some(Seen::Kept(doc)) => Ok(doc.clone()),
+            Some(Seen::Version(version)) => {
+                let version = *version;
+                self.read_again(&id, version).await
+            }
+            None => self.first_read(&id).await,
+        }
+    }
+
+    /// Reads a document from the store and remembers it: whole while the
+    /// remembered reads fit `max-scan-bytes`, then its version only.
+    async fn first_read(&mut self, id: &DocKey) -> Result<Option<Document>, RepoFailure> {
+        let entry = id.0.len() + id.1.len() + SEEN_OVERHEAD;
+        let budget = self.budgets().scan_bytes;
+        if self.seen_bytes + entry > budget {
+            return Err(RepoFailure::TooLarge(format!(
+                "this message read more distinct documents than it may remember \
+                 ({budget} bytes, max-scan-bytes)"
+            )));
         }
         let module = self.grants.name.clone();
-        let fetched = self.store()?.get(&module, collection, key).await;
+        let fetched = self.store()?.get(&module, &id.0, &id.1).await;
         let doc = fetched.map_err(|e| self.store_failed(e))?;
-        self.seen.insert(id, doc.clone());
+        let value = doc.as_ref().map_or(0, |d| d.value.len());
+        let seen = if self.seen_bytes + entry + value <= budget {
+            self.seen_bytes += entry + value;
+            Seen::Kept(doc.clone())
+        } else {
+            self.seen_bytes += entry;
+            Seen::Version(doc.as_ref().map_or(0, |d| d.version))
+        };
+        self.seen.insert(id.clone(), seen);
         Ok(doc)
+    }
+
+    /// A document read before whose value was not kept: from the store
+    /// again. If it moved on meanwhile, this message saw two versions of it:
+    /// a conflict, and the message runs again on fresh state.
+    async fn read_again(
+        &mut self,
+        id: &DocKey,
+        version: u64,
+    ) -> Result<Option<Document>, RepoFailure> {
+        let module = self.grants.name.clone();
+        let fetched = self.store()?.get(&module, &id.0, &id.1).await;
+        let doc = fetched.map_err(|e| self.store_failed(e))?;
+        let now = doc.as_ref().map_or(0, |d| d.version);
+        if now == version {
+            Ok(doc)
+        } else {
+            self.conflicted = true;
+            Err(RepoFailure::VersionConflict(now))
+        }
+    }
+
+    /// The version this message sees (0 = absent), without keeping the value.
+    async fn version_of(&mut self, id: &DocKey) -> Result<u64, RepoFailure> {
+        if let Some(p) = self.writes.get(id) {
+            return Ok(p.document().map_or(0, |d| d.version));
+        }
+        match self.seen.get(id) {
+            Some(Seen::Kept(doc)) => Ok(doc.as_ref().map_or(0, |d| d.version)),
+            Some(Seen::Version(version)) => Ok(*version),
+            None => Ok(self.first_read(id).await?.map_or(0, |d| d.version)),
+        }
     }
 
     pub async fn put(
@@ -156,6 +265,8 @@ impl UnitOfWork {
         value: String,
         expected: Option<u64>,
     ) -> Result<u64, RepoFailure> {
+        check_collection(collection)?;
+        check_key(key)?;
         if value.len() > MAX_VALUE_BYTES {
             return Err(RepoFailure::TooLarge(format!(
                 "value of {collection}/{key} is {} bytes; the limit is {MAX_VALUE_BYTES}",
@@ -167,9 +278,10 @@ impl UnitOfWork {
                 "value of {collection}/{key} is not JSON: {e}"
             )));
         }
-        let current = self.current_version(collection, key).await?;
-        self.check_expected(expected, current)?;
         let id = (collection.to_string(), key.to_string());
+        self.check_write_budget(&id, Some(&value))?;
+        let current = self.version_of(&id).await?;
+        self.check_expected(expected, current)?;
         let base_version = match self.writes.get(&id) {
             Some(p) => p.base_version,
             None => {
@@ -181,7 +293,7 @@ impl UnitOfWork {
                 current
             }
         };
-        self.writes.insert(
+        self.buffer(
             id,
             Pending {
                 value: Some(value),
@@ -197,7 +309,10 @@ impl UnitOfWork {
         key: &str,
         expected: Option<u64>,
     ) -> Result<bool, RepoFailure> {
-        let current = self.current_version(collection, key).await?;
+        check_collection(collection)?;
+        check_key(key)?;
+        let id = (collection.to_string(), key.to_string());
+        let current = self.version_of(&id).await?;
         if current == 0 {
             return match expected {
                 Some(v) if v != 0 => Err(RepoFailure::NotFound),
@@ -205,13 +320,15 @@ impl UnitOfWork {
             };
         }
         self.check_expected(expected, current)?;
-        let id = (collection.to_string(), key.to_string());
         let base_version = self.writes.get(&id).map_or(current, |p| p.base_version);
         if base_version == 0 {
             // Created and deleted within this message: nothing to commit.
-            self.writes.remove(&id);
+            if let Some(p) = self.writes.remove(&id) {
+                self.buffered -= write_size(&id, p.value.as_deref());
+            }
         } else {
-            self.writes.insert(
+            self.check_write_budget(&id, None)?;
+            self.buffer(
                 id,
                 Pending {
                     value: None,
@@ -222,47 +339,36 @@ impl UnitOfWork {
         Ok(true)
     }
 
-    /// This module's documents by key prefix, with this message's writes applied.
-    pub async fn scan(
-        &mut self,
-        collection: &str,
-        prefix: &str,
-        limit: u32,
-    ) -> Result<Vec<(String, Document)>, RepoFailure> {
-        check_address(collection, prefix)?;
-        // A guest-chosen limit: clamp it so one call cannot read the world.
-        let limit = limit.min(MAX_SCAN_LIMIT);
-        let pending: Vec<(&DocKey, &Pending)> = self
+    /// Refuses a write that would take this message's writes and events
+    /// past `max-write-bytes` (a write replacing one of the same document
+    /// gives back what that one held).
+    fn check_write_budget(&self, id: &DocKey, value: Option<&str>) -> Result<(), RepoFailure> {
+        let replaced = self
             .writes
-            .iter()
-            .filter(|((c, k), _)| c == collection && k.starts_with(prefix))
-            .collect();
-        let fetch = limit.saturating_add(u32::try_from(pending.len()).unwrap_or(u32::MAX));
-        let module = self.grants.name.clone();
-        let fetched = self.store()?.scan(&module, collection, prefix, fetch).await;
-        let stored = fetched.map_err(|e| self.store_failed(e))?;
-        let mut merged: BTreeMap<String, Document> = stored.into_iter().collect();
-        for ((_, key), p) in self
-            .writes
-            .iter()
-            .filter(|((c, k), _)| c == collection && k.starts_with(prefix))
-        {
-            match &p.value {
-                Some(value) => {
-                    merged.insert(
-                        key.clone(),
-                        Document {
-                            value: value.clone(),
-                            version: p.base_version + 1,
-                        },
-                    );
-                }
-                None => {
-                    merged.remove(key);
-                }
-            }
+            .get(id)
+            .map_or(0, |p| write_size(id, p.value.as_deref()));
+        let total = self.buffered - replaced + write_size(id, value);
+        if total > self.budgets().write_bytes {
+            return Err(RepoFailure::TooLarge(self.over_write_budget(total)));
         }
-        Ok(merged.into_iter().take(limit as usize).collect())
+        Ok(())
+    }
+
+    fn over_write_budget(&self, total: usize) -> String {
+        format!(
+            "this message's writes and events would hold {total} bytes; \
+             its budget is {} (max-write-bytes)",
+            self.budgets().write_bytes
+        )
+    }
+
+    fn buffer(&mut self, id: DocKey, pending: Pending) {
+        let replaced = self
+            .writes
+            .get(&id)
+            .map_or(0, |p| write_size(&id, p.value.as_deref()));
+        self.buffered = self.buffered - replaced + write_size(&id, pending.value.as_deref());
+        self.writes.insert(id, pending);
     }
 
     /// Reads another module's document, if `reads` grants it.
@@ -276,74 +382,10 @@ impl UnitOfWork {
             return self.get(collection, key).await;
         }
         self.check_read_grant(owner)?;
-        check_address(collection, key)?;
+        check_collection(collection)?;
+        check_key(key)?;
         let fetched = self.store()?.get(owner, collection, key).await;
         fetched.map_err(|e| self.store_failed(e))
-    }
-
-    pub async fn read_scan(
-        &mut self,
-        owner: &str,
-        collection: &str,
-        prefix: &str,
-        limit: u32,
-    ) -> Result<Vec<(String, Document)>, RepoFailure> {
-        if owner == self.grants.name {
-            return self.scan(collection, prefix, limit).await;
-        }
-        self.check_read_grant(owner)?;
-        check_address(collection, prefix)?;
-        let fetched = self
-            .store()?
-            .scan(owner, collection, prefix, limit.min(MAX_SCAN_LIMIT))
-            .await;
-        fetched.map_err(|e| self.store_failed(e))
-    }
-
-    /// Buffers an event; returns its id.
-    pub fn emit(
-        &mut self,
-        topic: String,
-        subtopic: String,
-        body: String,
-        headers: Vec<(String, String)>,
-    ) -> Result<String, EmitFailure> {
-        let Some(message) = &self.message else {
-            return Err(EmitFailure::Invalid("no message is being handled".into()));
-        };
-        if !self.grants.emits.contains(&topic) {
-            return Err(EmitFailure::NotPermitted(format!(
-                "module '{}' may not emit to '{topic}': add it to `emits` (declared: {})",
-                self.grants.name,
-                self.grants.emits.join(", ")
-            )));
-        }
-        if self.events.len() >= MAX_EVENTS {
-            return Err(EmitFailure::TooLarge(format!(
-                "more than {MAX_EVENTS} events from one message"
-            )));
-        }
-        let size = body.len()
-            + headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
-        if self.event_bytes + size > MAX_EVENT_BYTES {
-            return Err(EmitFailure::TooLarge(format!(
-                "events of one message may total {MAX_EVENT_BYTES} bytes"
-            )));
-        }
-        let mut map: BTreeMap<String, String> = headers.into_iter().collect();
-        map.insert(CORRELATION_ID.into(), message.correlation_id.clone());
-        map.insert(CAUSATION_ID.into(), message.id.clone());
-        map.insert(TIMESTAMP.into(), envelope::now_rfc3339());
-        map.insert(TRACEPARENT.into(), message.traceparent.clone());
-        let event = Envelope::new(envelope::new_id(), topic, subtopic, map, &body)
-            .map_err(|e| EmitFailure::Invalid(e.to_string()))?;
-        let id = event.id.clone();
-        self.event_bytes += size;
-        self.events.push(event);
-        Ok(id)
     }
 
     /// The buffered writes and events, ready to commit.
@@ -368,10 +410,6 @@ impl UnitOfWork {
         (writes, self.events)
     }
 
-    async fn current_version(&mut self, collection: &str, key: &str) -> Result<u64, RepoFailure> {
-        Ok(self.get(collection, key).await?.map_or(0, |d| d.version))
-    }
-
     fn check_expected(&mut self, expected: Option<u64>, current: u64) -> Result<(), RepoFailure> {
         match expected {
             Some(v) if v != current => {
@@ -387,37 +425,12 @@ impl UnitOfWork {
             Ok(())
         } else {
             Err(RepoFailure::NotPermitted(format!(
-                "module '{}' may not read module '{owner}': list it in `reads` in plugins.toml",
-                self.grants.name
+                "module '{}' may not read module '{}': list it in `reads` in plugins.toml",
+                self.grants.name,
+                quote(owner)
             )))
         }
     }
-}
-
-/// Guest-supplied names: bounded and non-empty where it matters.
-fn check_address(collection: &str, key: &str) -> Result<(), RepoFailure> {
-    if collection.is_empty()
-        || !collection
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(RepoFailure::Invalid(format!(
-            "collection {:?} must be non-empty [A-Za-z0-9._-]",
-            collection.chars().take(64).collect::<String>()
-        )));
-    }
-    if collection.len() > MAX_COLLECTION_LEN {
-        return Err(RepoFailure::TooLarge(format!(
-            "collection name over {MAX_COLLECTION_LEN} bytes"
-        )));
-    }
-    if key.len() > MAX_KEY_LEN {
-        return Err(RepoFailure::TooLarge(format!(
-            "key of {} bytes; the limit is {MAX_KEY_LEN}",
-            key.len()
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,9 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod budgets;
+
 use std::sync::Arc;
 
 use super::*;
+use switchyard_model::envelope::{CAUSATION_ID, CORRELATION_ID, TIMESTAMP};
+use switchyard_model::trace::TRACEPARENT;
 use switchyard_store::{Commit, MemoryStore};
 
 const TRACEPARENT_OF_MESSAGE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -385,7 +389,7 @@ async fn an_event_must_be_a_valid_envelope() {
 async fn events_of_one_message_are_bounded() {
     let store = Arc::new(MemoryStore::new());
     let mut uow = unit(&store);
-    let big = format!("\"{}\"", "x".repeat(MAX_EVENT_BYTES / 2));
+    let big = format!("\"{}\"", "x".repeat(Budgets::default().write_bytes / 2));
     let emit = |uow: &mut UnitOfWork, body: &str| {
         uow.emit("inventory.events".into(), "e".into(), body.into(), vec![])
     };

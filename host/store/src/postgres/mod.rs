@@ -17,6 +17,7 @@ mod outbox;
 use std::str::FromStr;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
@@ -92,10 +93,13 @@ impl PostgresStore {
         collection: &str,
         prefix: &str,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<(String, Document)>, StoreError> {
         // `key` is COLLATE "C": keys sharing a prefix are contiguous from the
         // prefix itself, so read from there and stop at the first non-match.
-        let rows = sqlx::query(
+        // Rows are streamed, not fetched whole, so the host stops loading
+        // once they pass the byte budget.
+        let mut rows = sqlx::query(
             "SELECT key, value::text AS value, version FROM documents
              WHERE module = $1 AND collection = $2 AND key >= $3 ORDER BY key LIMIT $4",
         )
@@ -103,15 +107,20 @@ impl PostgresStore {
         .bind(collection)
         .bind(prefix)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
+        .fetch(&self.pool);
+        let mut out = Vec::new();
+        let mut loaded = 0usize;
+        while let Some(row) = rows.try_next().await? {
             let key: String = row.try_get("key")?;
             if !key.starts_with(prefix) {
                 break;
             }
-            out.push((key, document(&row)?));
+            let doc = document(&row)?;
+            loaded = loaded.saturating_add(crate::scan_size(&key, &doc));
+            out.push((key, doc));
+            if loaded > max_bytes {
+                break;
+            }
         }
         Ok(out)
     }

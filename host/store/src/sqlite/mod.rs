@@ -167,23 +167,30 @@ impl SqliteStore {
         collection: &str,
         prefix: &str,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<(String, Document)>, StoreError> {
         self.read(|conn| {
             // Keys sharing a prefix are contiguous in byte order, starting at
             // the prefix itself: read from there and stop at the first
-            // non-match.
+            // non-match, or once the rows read pass the byte budget.
             let mut statement = conn.prepare_cached(
                 "SELECT key, value, version FROM documents
                  WHERE module = ?1 AND collection = ?2 AND key >= ?3 ORDER BY key LIMIT ?4",
             )?;
             let mut rows = statement.query(params![module, collection, prefix, limit])?;
             let mut out = Vec::new();
+            let mut loaded = 0usize;
             while let Some(row) = rows.next()? {
                 let key: String = row.get(0)?;
                 if !key.starts_with(prefix) {
                     break;
                 }
-                out.push((key, document(row.get(1)?, row.get(2)?)?));
+                let doc = document(row.get(1)?, row.get(2)?)?;
+                loaded = loaded.saturating_add(crate::scan_size(&key, &doc));
+                out.push((key, doc));
+                if loaded > max_bytes {
+                    break;
+                }
             }
             Ok(out)
         })

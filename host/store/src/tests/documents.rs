@@ -150,7 +150,7 @@ pub(super) async fn concurrent_deliveries_of_one_id_commit_once(store: Store) {
     }
     assert_eq!(committed, 1);
     let copies = store
-        .scan("inventory", "stock", "copy-", 100)
+        .scan("inventory", "stock", "copy-", 100, usize::MAX)
         .await
         .unwrap();
     assert_eq!(copies.len(), 1);
@@ -183,7 +183,7 @@ pub(super) async fn units_committed_together_fail_alone(store: Store) {
         }
     }
     let written: Vec<String> = store
-        .scan("inventory", "stock", "unit-", 1_000)
+        .scan("inventory", "stock", "unit-", 1_000, usize::MAX)
         .await
         .unwrap()
         .into_iter()
@@ -224,11 +224,20 @@ pub(super) async fn prefix_scans_are_bytewise_and_bounded(store: Store) {
     let keys = |found: Vec<(String, Document)>| -> Vec<String> {
         found.into_iter().map(|(k, _)| k).collect()
     };
-    let found = store.scan("inventory", "stock", "a-", 10).await.unwrap();
+    let found = store
+        .scan("inventory", "stock", "a-", 10, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(keys(found), ["a-", "a-a", "a-b"]);
-    let found = store.scan("inventory", "stock", "a", 2).await.unwrap();
+    let found = store
+        .scan("inventory", "stock", "a", 2, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(keys(found), ["a-", "a-a"]);
-    let found = store.scan("inventory", "stock", "", 100).await.unwrap();
+    let found = store
+        .scan("inventory", "stock", "", 100, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         keys(found),
         ["A-z", "a-", "a-a", "a-b", "a.c", "ab", "b-a"],
@@ -236,12 +245,19 @@ pub(super) async fn prefix_scans_are_bytewise_and_bounded(store: Store) {
     );
     assert!(
         store
-            .scan("orders", "stock", "", 10)
+            .scan("orders", "stock", "", 10, usize::MAX)
             .await
             .unwrap()
             .is_empty(),
         "modules do not see each other's documents"
     );
+    // Loading stops after the row that takes keys + values past the byte
+    // budget ("a-0" is 3 bytes, "a-a0" 4): the caller sees the cut as a
+    // total over its budget.
+    let found = store.scan("inventory", "stock", "a-", 10, 4).await.unwrap();
+    assert_eq!(keys(found), ["a-", "a-a"]);
+    let found = store.scan("inventory", "stock", "a-", 10, 7).await.unwrap();
+    assert_eq!(keys(found), ["a-", "a-a", "a-b"]);
 }
 
 /// PostgreSQL only: JSONB cannot hold `\u0000`; that is the module's data,
