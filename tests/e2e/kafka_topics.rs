@@ -111,8 +111,9 @@ impl Broker {
     }
 
     /// Every record of `topic` the broker returns, read from the beginning
-    /// of each of its `partitions` (no group): (partition, offset, key).
-    fn read_back(&self, topic: &str, partitions: i32) -> Vec<(i32, i64, String)> {
+    /// of each of its `partitions` (no group): (partition, offset, key, the
+    /// id the host derives for it when its envelope has none).
+    fn read_back(&self, topic: &str, partitions: i32) -> Vec<(i32, i64, String, String)> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.address)
             .set("group.id", "read-back")
@@ -135,6 +136,14 @@ impl Broker {
                     m.partition(),
                     m.offset(),
                     String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    format!(
+                        "kafka:{topic}:{}:{}:{}",
+                        m.partition(),
+                        m.offset(),
+                        m.timestamp()
+                            .to_millis()
+                            .expect("records carry a timestamp")
+                    ),
                 )),
                 Some(Err(KafkaError::PartitionEOF(p))) => {
                     at_end.insert(p);
@@ -318,7 +327,7 @@ fn committed_offset(broker: &Broker, group: &str, topic: &str, partition: i32) -
 }
 
 /// How many kiwis the inventory module has.
-async fn kiwis(host: &TestHost) -> Option<u64> {
+pub(crate) async fn kiwis(host: &TestHost) -> Option<u64> {
     let (status, stock) = host
         .command("inventory", "get", json!({"sku": "kiwi"}))
         .await;
@@ -518,7 +527,7 @@ async fn two_hosts_share_the_partitions_and_one_killed_loses_nothing() {
     let read: std::collections::BTreeSet<String> = broker
         .read_back("inventory", 3)
         .into_iter()
-        .map(|(p, o, _)| format!("kafka:inventory:{p}:{o}"))
+        .map(|(_, _, _, id)| id)
         .collect();
     let inbox: std::collections::BTreeSet<String> =
         sqlx::query_scalar("SELECT message_id FROM inbox WHERE module = 'inventory'")
@@ -554,7 +563,7 @@ async fn lost_records(
     );
     let records = broker.read_back("inventory", 3);
     let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
-    for (p, o, _) in &records {
+    for (p, o, _, _) in &records {
         per_partition.entry(*p).or_default().push(*o);
     }
     for (p, offsets) in &per_partition {
@@ -567,7 +576,7 @@ async fn lost_records(
             offsets.last()
         );
     }
-    let read: BTreeSet<(i32, i64)> = records.iter().map(|(p, o, _)| (*p, *o)).collect();
+    let read: BTreeSet<(i32, i64)> = records.iter().map(|(p, o, _, _)| (*p, *o)).collect();
     let not_read: Vec<_> = distinct.iter().filter(|d| !read.contains(d)).collect();
     let _ = writeln!(out, "delivered but not read back: {not_read:?}");
     let pool = sqlx::SqlitePool::connect(db).await.unwrap();
@@ -578,10 +587,7 @@ async fn lost_records(
             .unwrap()
             .into_iter()
             .collect();
-    let ids: BTreeSet<String> = records
-        .iter()
-        .map(|(p, o, _)| format!("kafka:inventory:{p}:{o}"))
-        .collect();
+    let ids: BTreeSet<String> = records.iter().map(|(_, _, _, id)| id.clone()).collect();
     let _ = writeln!(
         out,
         "inbox: {} ids, {} of them not of a record read back",
@@ -596,8 +602,8 @@ async fn lost_records(
             (name, log)
         })
         .collect();
-    for (p, o, key) in &records {
-        if inbox.contains(&format!("kafka:inventory:{p}:{o}")) {
+    for (p, o, key, id) in &records {
+        if inbox.contains(id) {
             continue;
         }
         let _ = writeln!(out, "NOT APPLIED: inventory[{p}]@{o} key {key}");
@@ -627,7 +633,7 @@ async fn lost_records(
         }
         let listing: String = records
             .iter()
-            .map(|(p, o, k)| format!("{p} {o} {k}\n"))
+            .map(|(p, o, k, _)| format!("{p} {o} {k}\n"))
             .collect();
         std::fs::write(target.join("read-back.txt"), listing).unwrap();
         let _ = writeln!(out, "kept in {}", target.display());
@@ -717,7 +723,7 @@ pub(crate) async fn three_partitions(broker: &Broker, topic: &str) {
     .await;
 }
 
-/// The `slow` module's inbox ids (`kafka:slow:<partition>:<offset>`), in the
+/// The `slow` module's inbox ids (`kafka:slow:<partition>:<offset>:<timestamp>`), in the
 /// order they were applied (to the millisecond: records of one partition are
 /// at least 20 ms apart in these tests).
 async fn slow_applied(db: &str) -> Vec<(i32, i64)> {
@@ -733,9 +739,9 @@ async fn slow_applied(db: &str) -> Vec<(i32, i64)> {
     pool.close().await;
     ids.iter()
         .map(|id| {
-            let mut parts = id.rsplitn(3, ':');
-            let offset = parts.next().and_then(|o| o.parse().ok());
+            let mut parts = id.split(':').skip(2);
             let partition = parts.next().and_then(|p| p.parse().ok());
+            let offset = parts.next().and_then(|o| o.parse().ok());
             (partition.expect(id), offset.expect(id))
         })
         .collect()

@@ -10,6 +10,8 @@ mod concurrency;
 mod connections;
 mod failures;
 #[cfg(feature = "kafka")]
+mod kafka_ids;
+#[cfg(feature = "kafka")]
 mod kafka_reload;
 #[cfg(feature = "kafka")]
 mod kafka_topics;
@@ -21,4 +23,5 @@ mod reload;
 mod responsive;
 mod saga;
 mod sandbox;
+mod soak;
 mod telemetry;

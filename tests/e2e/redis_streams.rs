@@ -119,7 +119,12 @@ fn add_recorders(project: &Project) {
     }
 }
 
-fn project_with(streams: &Streams, modules: &[&str], entries: &str, claim_idle_ms: u64) -> Project {
+pub(crate) fn project_with(
+    streams: &Streams,
+    modules: &[&str],
+    entries: &str,
+    claim_idle_ms: u64,
+) -> Project {
     Project::new(
         modules,
         &format!("{}{entries}", streams.section(claim_idle_ms)),

@@ -123,6 +123,16 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// When `module` committed message `message_id` (Unix milliseconds, the
+    /// store's clock), if its inbox holds it.
+    pub async fn committed_at(
+        &self,
+        module: &str,
+        message_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        self.store.inbox_committed_at(module, message_id).await
+    }
+
     /// Exports each handling's span through `telemetry`.
     pub fn with_telemetry(mut self, telemetry: Option<Arc<Telemetry>>) -> Self {
         self.telemetry = telemetry;

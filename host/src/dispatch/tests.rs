@@ -411,6 +411,14 @@ impl MessageStore for Scripted {
         self.memory.inbox_answer(m, id)
     }
 
+    fn inbox_committed_at<'a>(
+        &'a self,
+        m: &'a str,
+        id: &'a str,
+    ) -> switchyard_store::message::StoreFuture<'a, Option<i64>> {
+        self.memory.inbox_committed_at(m, id)
+    }
+
     fn commit<'a>(&'a self, commit: &'a Commit<'a>) -> StoreFuture<'a, ()> {
         let meanwhile = self.before_commit.lock().unwrap().take();
         if let Some(write) = meanwhile {

@@ -242,6 +242,16 @@ impl Store {
         delegate!(self, s => s.inbox_answer(module, message_id).await)
     }
 
+    /// When `module` committed `message_id` (milliseconds since the Unix
+    /// epoch, the store's clock), if it did.
+    pub async fn inbox_committed_at(
+        &self,
+        module: &str,
+        message_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        delegate!(self, s => s.inbox_committed_at(module, message_id).await)
+    }
+
     /// Commits one unit of work; `Conflict` or `Duplicate` roll it all back.
     pub async fn commit(&self, commit: &Commit<'_>) -> Result<(), StoreError> {
         delegate!(self, s => s.commit(commit).await)

@@ -19,8 +19,8 @@ type DocKey = (String, String, String);
 #[derive(Default)]
 struct State {
     documents: BTreeMap<DocKey, Document>,
-    /// (module, message id) -> answer.
-    inbox: HashMap<(String, String), String>,
+    /// (module, message id) -> answer and when it was committed (Unix ms).
+    inbox: HashMap<(String, String), (String, i64)>,
     /// The log: committed events, failure events and appended envelopes.
     log: Vec<Envelope>,
     dead_letters: Vec<DeadLetter>,
@@ -146,7 +146,10 @@ impl MemoryStore {
                 }
             }
         }
-        state.inbox.insert(inbox_key, commit.answer.to_string());
+        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        state
+            .inbox
+            .insert(inbox_key, (commit.answer.to_string(), now));
         state.log.extend(commit.events.iter().cloned());
         state.commits += 1;
         Ok(())
@@ -205,7 +208,22 @@ impl MessageStore for MemoryStore {
     ) -> StoreFuture<'a, Option<String>> {
         let result = self.check_up().map(|()| {
             let key = (module.to_string(), message_id.to_string());
-            self.state().inbox.get(&key).cloned()
+            self.state()
+                .inbox
+                .get(&key)
+                .map(|(answer, _)| answer.clone())
+        });
+        Box::pin(async move { result })
+    }
+
+    fn inbox_committed_at<'a>(
+        &'a self,
+        module: &'a str,
+        message_id: &'a str,
+    ) -> StoreFuture<'a, Option<i64>> {
+        let result = self.check_up().map(|()| {
+            let key = (module.to_string(), message_id.to_string());
+            self.state().inbox.get(&key).map(|(_, at)| *at)
         });
         Box::pin(async move { result })
     }

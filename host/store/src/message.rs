@@ -48,6 +48,14 @@ pub trait MessageStore: Send + Sync + 'static {
         message_id: &'a str,
     ) -> StoreFuture<'a, Option<String>>;
 
+    /// When `module` committed `message_id` (milliseconds since the Unix
+    /// epoch, the store's clock), if it did.
+    fn inbox_committed_at<'a>(
+        &'a self,
+        module: &'a str,
+        message_id: &'a str,
+    ) -> StoreFuture<'a, Option<i64>>;
+
     /// Commits one unit of work: the inbox row, the writes (each against
     /// its base version) and the events, or nothing (`Duplicate`,
     /// `Conflict`).
@@ -93,6 +101,14 @@ impl MessageStore for Store {
         message_id: &'a str,
     ) -> StoreFuture<'a, Option<String>> {
         Box::pin(Store::inbox_answer(self, module, message_id))
+    }
+
+    fn inbox_committed_at<'a>(
+        &'a self,
+        module: &'a str,
+        message_id: &'a str,
+    ) -> StoreFuture<'a, Option<i64>> {
+        Box::pin(Store::inbox_committed_at(self, module, message_id))
     }
 
     fn commit<'a>(&'a self, commit: &'a Commit<'a>) -> StoreFuture<'a, ()> {

@@ -44,6 +44,75 @@ fn store_next(consumer: &GroupConsumer, message: &OwnedMessage) -> Result<(), Ka
     consumer.store_offsets(&next)
 }
 
+/// How far the host's clock may be behind the clock that stamped a record
+/// for [`RecordId::handled_under_legacy_id`] still to see the record as one
+/// handled before it was stamped.
+const CLOCK_SKEW_MS: i64 = 60_000;
+
+/// The id the host gives a record whose envelope has none:
+/// `kafka:<topic>:<partition>:<offset>:<timestamp-ms>`. The offset alone
+/// repeats when a topic is deleted and created again (offsets start over);
+/// with the record's timestamp a record of the new topic is not taken for a
+/// duplicate of the old one's. A record without a timestamp (message format
+/// v0) keeps the offset-only id.
+#[derive(Debug, PartialEq, Eq)]
+struct RecordId {
+    id: String,
+    /// The offset-only id earlier hosts gave (and the record's timestamp):
+    /// what a record read again during an upgrade was committed under.
+    legacy: Option<(String, i64)>,
+}
+
+impl RecordId {
+    fn of(message: &OwnedMessage) -> Self {
+        Self::new(
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            message.timestamp().to_millis(),
+        )
+    }
+
+    fn new(topic: &str, partition: i32, offset: i64, timestamp: Option<i64>) -> Self {
+        let legacy = format!("kafka:{topic}:{partition}:{offset}");
+        match timestamp {
+            Some(ms) => Self {
+                id: format!("{legacy}:{ms}"),
+                legacy: Some((legacy, ms)),
+            },
+            None => Self {
+                id: legacy,
+                legacy: None,
+            },
+        }
+    }
+
+    /// The offset-only id, if `module` committed this very record under it
+    /// (an earlier host handled it and its offset was not committed
+    /// before the upgrade): an inbox row of that id written after the
+    /// record was stamped. A row older than the record belongs to an
+    /// earlier topic of the same name, and this record is new.
+    async fn handled_under_legacy_id(
+        &self,
+        dispatcher: &Dispatcher,
+        module: &str,
+    ) -> Result<Option<String>, switchyard_store::StoreError> {
+        let Some((legacy, stamped)) = &self.legacy else {
+            return Ok(None);
+        };
+        let committed = dispatcher.committed_at(module, legacy).await?;
+        Ok(committed
+            .filter(|at| same_record(*at, *stamped))
+            .map(|_| legacy.clone()))
+    }
+}
+
+/// Whether an inbox row committed at `committed` (host clock) can be the
+/// handling of a record stamped at `stamped` (producer or broker clock).
+fn same_record(committed: i64, stamped: i64) -> bool {
+    committed >= stamped.saturating_sub(CLOCK_SKEW_MS)
+}
+
 pub(super) struct PartitionWorker {
     pub(super) bus: Arc<KafkaBus>,
     pub(super) dispatcher: Arc<Dispatcher>,
@@ -142,36 +211,48 @@ impl PartitionWorker {
             .topic()
             .strip_prefix(&self.bus.settings.prefix)
             .unwrap_or(message.topic());
-        let derived = || {
-            format!(
-                "kafka:{}:{}:{}",
-                message.topic(),
-                message.partition(),
-                message.offset()
-            )
-        };
+        let ids = RecordId::of(message);
+        let derived = std::cell::Cell::new(false);
         let parsed = match message.payload() {
             None => Err("message has no value".to_string()),
-            Some(value) => Envelope::from_json(value, derived)
-                .map_err(|e| e.to_string())
-                .and_then(|e| {
-                    if e.topic == topic {
-                        Ok(e)
-                    } else {
-                        Err(format!(
-                            "envelope topic '{}' does not match Kafka topic '{topic}'",
-                            e.topic
-                        ))
-                    }
-                }),
+            Some(value) => Envelope::from_json(value, || {
+                derived.set(true);
+                ids.id.clone()
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|e| {
+                if e.topic == topic {
+                    Ok(e)
+                } else {
+                    Err(format!(
+                        "envelope topic '{}' does not match Kafka topic '{topic}'",
+                        e.topic
+                    ))
+                }
+            }),
         };
-        let parsed = parsed.map_err(|reason| Malformed {
+        let mut parsed = parsed.map_err(|reason| Malformed {
             topic: topic.to_string(),
-            message_id: derived(),
+            message_id: ids.id.clone(),
             subtopic: String::new(),
             raw: raw_value(message.payload().unwrap_or_default()),
             reason,
         });
+        if let Ok(envelope) = &mut parsed
+            && derived.get()
+        {
+            match ids
+                .handled_under_legacy_id(&self.dispatcher, &module.name)
+                .await
+            {
+                Ok(Some(legacy)) => envelope.id = legacy,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(module = %module.name, error = %e, "kafka: cannot read the inbox; retrying");
+                    return false;
+                }
+            }
+        }
         match consumer::handle(&self.dispatcher, module, parsed, 1).await {
             Settle::Ack => true,
             Settle::Retry => false,
@@ -199,5 +280,37 @@ impl PartitionWorker {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_id_carries_its_timestamp() {
+        let ids = RecordId::new("orders", 2, 41, Some(1_764_000_000_123));
+        assert_eq!(ids.id, "kafka:orders:2:41:1764000000123");
+        assert_eq!(
+            ids.legacy,
+            Some(("kafka:orders:2:41".to_string(), 1_764_000_000_123))
+        );
+    }
+
+    #[test]
+    fn a_record_without_timestamp_keeps_the_offset_id() {
+        let ids = RecordId::new("orders", 0, 7, None);
+        assert_eq!(ids.id, "kafka:orders:0:7");
+        assert_eq!(ids.legacy, None);
+    }
+
+    #[test]
+    fn a_legacy_row_counts_only_if_written_after_the_record_was_stamped() {
+        // Handled by an older host after it was produced: the same record.
+        assert!(same_record(1_000_500, 1_000_000));
+        // Host clock a little behind the producer's: still the same record.
+        assert!(same_record(1_000_000 - 30_000, 1_000_000));
+        // Committed long before this record existed: an earlier topic's.
+        assert!(!same_record(1_000_000 - 3_600_000, 1_000_000));
     }
 }

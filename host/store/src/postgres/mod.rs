@@ -138,6 +138,22 @@ impl PostgresStore {
                 .await?;
         Ok(answer)
     }
+
+    pub async fn inbox_committed_at(
+        &self,
+        module: &str,
+        message_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let at = sqlx::query_scalar(
+            "SELECT (EXTRACT(EPOCH FROM created_at) * 1000)::bigint FROM inbox
+             WHERE module = $1 AND message_id = $2",
+        )
+        .bind(module)
+        .bind(message_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(at)
+    }
 }
 
 fn document(row: &PgRow) -> Result<Document, StoreError> {

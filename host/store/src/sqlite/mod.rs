@@ -208,6 +208,28 @@ impl SqliteStore {
                 .optional()?)
         })
     }
+
+    pub async fn inbox_committed_at(
+        &self,
+        module: &str,
+        message_id: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let text: Option<String> = self.read(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT created_at FROM inbox WHERE module = ?1 AND message_id = ?2",
+                )?
+                .query_row(params![module, message_id], |row| row.get(0))
+                .optional()?)
+        })?;
+        text.map(|text| {
+            let at =
+                time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| StoreError::Corrupt(format!("inbox time '{text}': {e}")))?;
+            Ok((at.unix_timestamp_nanos() / 1_000_000) as i64)
+        })
+        .transpose()
+    }
 }
 
 /// Creates or upgrades the schema, and switches the file to WAL, with sqlx's

@@ -131,6 +131,38 @@ pub(super) async fn a_message_id_commits_once_and_keeps_its_first_answer(store: 
     store.commit(&other).await.unwrap();
 }
 
+/// The time of an inbox row (the Kafka ingress compares it with a record's
+/// timestamp): when the unit of work committed, to the millisecond.
+pub(super) async fn the_inbox_says_when_a_message_was_committed(store: Store) {
+    let now = || (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let before = now();
+    store.commit(&commit("restock-9", &[], &[])).await.unwrap();
+    let after = now();
+    let at = store
+        .inbox_committed_at("inventory", "restock-9")
+        .await
+        .unwrap()
+        .expect("committed");
+    // PostgreSQL's now() is the transaction's start, and its clock the
+    // server's: allow a second either way.
+    assert!(
+        (before - 1_000..=after + 1_000).contains(&at),
+        "{before} <= {at} <= {after}"
+    );
+    assert_eq!(
+        store
+            .inbox_committed_at("orders", "restock-9")
+            .await
+            .unwrap(),
+        None,
+        "per module"
+    );
+    assert_eq!(
+        store.inbox_committed_at("inventory", "nope").await.unwrap(),
+        None
+    );
+}
+
 pub(super) async fn concurrent_deliveries_of_one_id_commit_once(store: Store) {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..8 {

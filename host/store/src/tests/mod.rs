@@ -152,6 +152,7 @@ store_tests!(
     documents::stale_versions_conflict_and_roll_back_the_whole_unit,
     documents::concurrent_read_modify_write_loses_no_update,
     documents::a_message_id_commits_once_and_keeps_its_first_answer,
+    documents::the_inbox_says_when_a_message_was_committed,
     documents::concurrent_deliveries_of_one_id_commit_once,
     documents::units_committed_together_fail_alone,
     documents::prefix_scans_are_bytewise_and_bounded,

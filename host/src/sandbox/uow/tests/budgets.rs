@@ -192,6 +192,14 @@ impl MessageStore for Counting {
         self.inner.inbox_answer(m, id)
     }
 
+    fn inbox_committed_at<'a>(
+        &'a self,
+        m: &'a str,
+        id: &'a str,
+    ) -> switchyard_store::message::StoreFuture<'a, Option<i64>> {
+        self.inner.inbox_committed_at(m, id)
+    }
+
     fn commit<'a>(&'a self, c: &'a Commit<'a>) -> switchyard_store::message::StoreFuture<'a, ()> {
         self.inner.commit(c)
     }
