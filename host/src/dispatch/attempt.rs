@@ -27,8 +27,13 @@ pub(super) enum Attempt {
 }
 
 impl Dispatcher {
-    /// One try: the inbox first (a processed id answers as before), then a
-    /// fresh instance runs `handle`, then its unit of work commits.
+    /// One try: a fresh instance runs `handle`, then its unit of work
+    /// commits. The inbox is not read first: a processed id is found when
+    /// its commit inserts the inbox row again (`Duplicate`), or, for a unit
+    /// of work with nothing to commit or a try that failed, by reading the
+    /// inbox then (see [`Dispatcher::processed_before`]). Either way a
+    /// duplicate answers what the first delivery answered, and what the
+    /// repeated run did is dropped.
     pub(super) async fn attempt(
         &self,
         module: &LoadedModule,
@@ -36,11 +41,6 @@ impl Dispatcher {
         attempt: u32,
         trace: &trace::Handling,
     ) -> Attempt {
-        match self.store.inbox_answer(&module.name, &envelope.id).await {
-            Ok(Some(answer)) => return decode_answer(&answer),
-            Ok(None) => {}
-            Err(e) => return Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
-        }
         let slot = self
             .slots
             .acquire(&module.name, module.limits.max_concurrency)
@@ -127,6 +127,15 @@ impl Dispatcher {
             output,
             events: events.iter().map(event_json).collect(),
         };
+        if writes.is_empty() && events.is_empty() {
+            // A query: nothing to commit, no inbox row (a repeat runs
+            // again), unless this id was processed before with effects.
+            return match self.processed_before(module, envelope).await {
+                Ok(Some(first)) => first,
+                Ok(None) => Attempt::Committed(answer),
+                Err(failed) => failed,
+            };
+        }
         let answer_text = match serde_json::to_string(&answer) {
             Ok(t) => t,
             Err(e) => {
@@ -165,14 +174,30 @@ impl Dispatcher {
                     "the store cannot hold a value the module wrote".into(),
                 )
             }
-            Err(StoreError::Duplicate) => {
-                match self.store.inbox_answer(&module.name, &envelope.id).await {
-                    Ok(Some(a)) => decode_answer(&a),
-                    Ok(None) => Attempt::Conflict,
-                    Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
-                }
-            }
+            Err(StoreError::Duplicate) => match self.processed_before(module, envelope).await {
+                Ok(Some(first)) => first,
+                // Rolled back meanwhile (cannot happen to a committed row,
+                // but the store said so): try again.
+                Ok(None) => Attempt::Conflict,
+                Err(failed) => failed,
+            },
             Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
+        }
+    }
+
+    /// The first delivery's answer (as `Attempt::Duplicate`) if `module`
+    /// committed this message id before.
+    pub(super) async fn processed_before(
+        &self,
+        module: &LoadedModule,
+        envelope: &Envelope,
+    ) -> Result<Option<Attempt>, Attempt> {
+        match self.store.inbox_answer(&module.name, &envelope.id).await {
+            Ok(answer) => Ok(answer.map(|a| decode_answer(&a))),
+            Err(e) => Err(Attempt::Failed(
+                FailureKind::Unavailable,
+                format!("store: {e}"),
+            )),
         }
     }
 }

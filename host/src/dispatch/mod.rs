@@ -236,6 +236,24 @@ impl Dispatcher {
                 ),
                 Attempt::Failed(kind, message) => (kind, message),
             };
+            // The inbox is not read before a try: a failed try may be a
+            // duplicate's (run again on newer state), which answers what
+            // the first delivery answered instead.
+            if kind != FailureKind::Unavailable {
+                match self.processed_before(module, envelope).await {
+                    Ok(Some(Attempt::Duplicate(first))) => return Outcome::Duplicate(first),
+                    Ok(_) => {}
+                    Err(Attempt::Failed(kind, message)) => {
+                        return Outcome::Failed(Failure {
+                            kind,
+                            message,
+                            module: module.name.clone(),
+                            attempts,
+                        });
+                    }
+                    Err(_) => {}
+                }
+            }
             // What the module did is said under its log rate (its error
             // text is cut already); the host's own trouble always.
             if kind == FailureKind::Unavailable || module.grants.may_log() {

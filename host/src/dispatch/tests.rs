@@ -175,7 +175,7 @@ async fn a_processed_message_commits_its_writes_events_and_inbox_record() {
 }
 
 #[tokio::test]
-async fn the_same_id_again_answers_the_first_answer_without_running_the_module() {
+async fn the_same_id_again_answers_the_first_answer_and_drops_what_the_rerun_did() {
     let h = Harness::new(&["inventory"], INVENTORY).await;
     let body = json!({"sku": "apple", "qty": 2});
     let first = processed(h.send("r-1", "inventory", "restock", body.clone()).await);
@@ -186,7 +186,9 @@ async fn the_same_id_again_answers_the_first_answer_without_running_the_module()
     };
     assert_eq!(output(&again), output(&first));
     assert_eq!(again.events, first.events);
-    assert_eq!(h.instances("inventory"), 1, "the module ran once");
+    // No inbox read before a try: the duplicate ran again and its commit
+    // found the inbox row; nothing of the rerun was kept.
+    assert_eq!(h.instances("inventory"), 2);
     assert_eq!(h.memory.commits(), 1);
     assert_eq!(h.memory.log().len(), 1);
     let stock = h.memory.document("inventory", "stock", "apple");
@@ -200,6 +202,52 @@ async fn the_same_id_again_answers_the_first_answer_without_running_the_module()
     let body = json!({"sku": "apple", "qty": 2});
     let second = processed(h.send("r-2", "inventory", "restock", body).await);
     assert_eq!(output(&second)["available"], 4);
+}
+
+#[tokio::test]
+async fn a_duplicate_whose_rerun_fails_still_answers_the_first_answer() {
+    let h = Harness::new(&["inventory"], INVENTORY).await;
+    let first = processed(
+        h.send("r-1", "inventory", "restock", json!({"sku": "apple", "qty": 2}))
+            .await,
+    );
+    // The same id with a body the module refuses: the id was processed, so
+    // the first answer stands and no failure is recorded.
+    let again = match h
+        .send("r-1", "inventory", "restock", json!({"sku": "", "qty": 2}))
+        .await
+    {
+        Outcome::Duplicate(a) => a,
+        other => panic!("expected a duplicate, got {other:?}"),
+    };
+    assert_eq!(output(&again), output(&first));
+    assert!(h.memory.dead_letters().is_empty());
+    assert_eq!(h.memory.log().len(), 1, "no failure event");
+    assert_eq!(h.handled_and_failed("inventory"), (1, 0));
+}
+
+#[tokio::test]
+async fn a_query_commits_nothing_and_a_repeat_runs_again() {
+    let h = Harness::new(&["inventory"], INVENTORY).await;
+    processed(
+        h.send("r-1", "inventory", "restock", json!({"sku": "apple", "qty": 2}))
+            .await,
+    );
+    assert_eq!(h.memory.commits(), 1);
+    let query = json!({"sku": "apple"});
+    let first = processed(h.send("q-1", "inventory", "get", query.clone()).await);
+    assert_eq!(output(&first)["available"], 2);
+    assert_eq!(h.memory.commits(), 1, "a query writes no inbox row");
+    assert_eq!(h.memory.inbox_answer("inventory", "q-1").await.unwrap(), None);
+
+    // Its id again is not a duplicate: it runs on today's state.
+    processed(
+        h.send("r-2", "inventory", "restock", json!({"sku": "apple", "qty": 3}))
+            .await,
+    );
+    let again = processed(h.send("q-1", "inventory", "get", query).await);
+    assert_eq!(output(&again)["available"], 5);
+    assert_eq!(h.memory.commits(), 2);
 }
 
 #[tokio::test]
@@ -458,7 +506,7 @@ async fn a_store_that_is_down_fails_the_message_and_records_nothing() {
         (FailureKind::Unavailable, 1)
     );
     h.memory.set_down(false);
-    assert_eq!(h.instances("inventory"), 0, "the inbox check failed first");
+    assert_eq!(h.instances("inventory"), 1, "it ran; its commit failed");
     assert!(h.memory.dead_letters().is_empty());
     assert!(h.memory.log().is_empty());
     assert_eq!(h.memory.commits(), 0);
