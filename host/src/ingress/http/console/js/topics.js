@@ -46,6 +46,5 @@ export async function poll() {
   fill(body,
     outbox(answer.outbox),
     table('Topics', ['topic', 'owner', 'subscribers', 'emitted by'], topicRows, 'No topics: no module is loaded.'),
-    h('h2', { text: 'Consumer lag' }),
     table('Consumer lag per group', ['module', 'stream', 'group', 'via', 'lag'], consumerRows, 'No consumer has a lag reading yet.'));
 }
