@@ -8,6 +8,7 @@ mod support;
 mod cli;
 mod concurrency;
 mod connections;
+mod console;
 mod failures;
 #[cfg(feature = "kafka")]
 mod kafka_ids;

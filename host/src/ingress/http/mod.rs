@@ -1,6 +1,8 @@
 //! The HTTP API of SPEC §5 on axum: commands in, answers out, plus module
-//! listing, dead letters, health and metrics.
+//! and topic listings, dead letters, health, metrics and the operator
+//! console's page.
 
+mod console;
 mod dead_letters;
 mod guard;
 mod messages;
@@ -8,6 +10,7 @@ mod operations;
 mod status;
 #[cfg(test)]
 mod tests;
+mod topics;
 
 use std::sync::Arc;
 
@@ -95,6 +98,11 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/metrics", get(operations::metrics))
         .route("/v1/messages/{id}", get(status::message_status))
         .route("/v1/dead-letters/replay", post(dead_letters::replay_topic))
+        .route("/v1/topics", get(topics::list_topics))
+        .route("/console", get(console::page))
+        .route("/console/", get(console::page))
+        .route("/console/config.json", get(console::config))
+        .route("/console/{*path}", get(console::asset))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

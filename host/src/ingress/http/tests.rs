@@ -364,3 +364,148 @@ async fn wait_false_answers_202_before_handling() {
     let stock = api.store.get("inventory", "stock", "apple").await.unwrap();
     assert_eq!(stock, None);
 }
+
+/// The whole response of a GET, headers included.
+async fn get_response(api: &Api, path: &str, headers: &[(&str, &str)]) -> axum::response::Response {
+    let mut request = get(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    api.router
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap()
+}
+
+fn header_of(response: &axum::response::Response, name: header::HeaderName) -> &str {
+    response.headers()[name].to_str().unwrap()
+}
+
+#[tokio::test]
+async fn the_console_is_served_with_its_content_types_and_a_strict_policy() {
+    let api = Api::new(&[], "").await;
+    for (path, content_type) in [
+        ("/console", "text/html; charset=utf-8"),
+        ("/console/", "text/html; charset=utf-8"),
+        ("/console/style.css", "text/css; charset=utf-8"),
+        ("/console/js/app.js", "text/javascript; charset=utf-8"),
+        ("/console/favicon.svg", "image/svg+xml"),
+    ] {
+        let response = get_response(&api, path, &[]).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_eq!(header_of(&response, header::CONTENT_TYPE), content_type);
+        let policy = header_of(&response, header::CONTENT_SECURITY_POLICY);
+        assert!(policy.contains("script-src 'self'"), "{policy}");
+        assert!(policy.contains("default-src 'none'"), "{policy}");
+        assert!(!policy.contains("unsafe"), "{policy}");
+        assert_eq!(
+            header_of(&response, header::X_CONTENT_TYPE_OPTIONS),
+            "nosniff"
+        );
+        assert_eq!(header_of(&response, header::CACHE_CONTROL), "no-cache");
+
+        // Revalidation: the same tag answers 304 without a body.
+        let etag = header_of(&response, header::ETAG).to_string();
+        let again = get_response(&api, path, &[("if-none-match", &etag)]).await;
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
+    }
+    for path in [
+        "/console/nope.js",
+        "/console/js/",
+        "/console/../Cargo.toml",
+        "/console/js/app.js/x",
+    ] {
+        let response = get_response(&api, path, &[]).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+/// Every file the page names is served, no script is inline, and no script
+/// parses data as HTML.
+#[tokio::test]
+async fn the_console_page_names_only_served_files_and_never_parses_html() {
+    let api = Api::new(&[], "").await;
+    let (_, page) = api.get("/console").await;
+    let page = page.as_str().unwrap().to_string();
+    assert_eq!(page.matches("<script").count(), 1, "one script: the app");
+    assert!(page.contains("<script type=\"module\" src=\"/console/js/app.js\"></script>"));
+    assert!(
+        !page.contains(" style="),
+        "no inline style (the policy refuses it)"
+    );
+    let mut files: Vec<String> = page
+        .split("\"/console/")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_string())
+        .collect();
+    let (_, app) = api.get("/console/js/app.js").await;
+    let app = app.as_str().unwrap().to_string();
+    for line in app.lines().filter(|l| l.starts_with("import ")) {
+        let module = line.split('\'').nth(1).unwrap().trim_start_matches("./");
+        files.push(format!("js/{module}"));
+    }
+    assert!(files.len() >= 9, "{files:?}");
+    for file in &files {
+        let (status, body) = api.get(&format!("/console/{file}")).await;
+        assert_eq!(status, StatusCode::OK, "{file}");
+        if file.ends_with(".js") {
+            let source = body.as_str().unwrap();
+            for sink in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "eval(",
+            ] {
+                assert!(!source.contains(sink), "{file} uses {sink}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_console_config_says_whether_the_admin_api_is_on_and_nothing_more() {
+    let api = Api::new(&[], "").await;
+    let response = get_response(&api, "/console/config.json", &[]).await;
+    assert_eq!(header_of(&response, header::CACHE_CONTROL), "no-store");
+    let (status, config) = api.get("/console/config.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(config["admin_api"], true);
+    assert!(!config.to_string().contains(TOKEN), "{config}");
+    let off = Api::with(&[], "", None, MAX_BODY).await;
+    let (_, config) = off.get("/console/config.json").await;
+    assert_eq!(config["admin_api"], false);
+}
+
+#[tokio::test]
+async fn topics_lists_owners_subscribers_lag_and_the_outbox() {
+    let api = Api::new(&["inventory"], INVENTORY).await;
+    let (status, answer) = api.get("/v1/topics").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let topic = |name: &str| {
+        answer["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no topic {name} in {answer}"))
+    };
+    assert_eq!(
+        topic("inventory"),
+        json!({"name": "inventory", "owner": "inventory", "subscribers": [], "emitters": []})
+    );
+    assert_eq!(topic("orders.events")["subscribers"], json!(["inventory"]));
+    assert_eq!(topic("orders.events")["owner"], Value::Null);
+    assert_eq!(topic("inventory.events")["emitters"], json!(["inventory"]));
+    // Without a broker the outbox is the log: lag per embedded reader.
+    assert_eq!(answer["outbox"]["relay"], false);
+    let consumers = answer["consumers"].as_array().unwrap();
+    assert!(!consumers.is_empty(), "{answer}");
+    for c in consumers {
+        assert_eq!(c["group"], "embedded.inventory", "{c}");
+        assert_eq!(c["via"], "embedded");
+        assert_eq!(c["lag"], 0);
+    }
+}
