@@ -29,6 +29,7 @@ pub const GUEST_MEMORY_PEAK: &str = "switchyard_guest_memory_peak_bytes";
 pub const DEAD_LETTERS: &str = "switchyard_dead_letters_total";
 /// Versions of a module that replaced another one while serving, by `module`.
 pub const RELOADS: &str = "switchyard_module_reloads_total";
+pub const CONFLICTS: &str = "switchyard_version_conflicts_total";
 /// New versions given back to the version they replaced, by `module`.
 pub const ROLLBACKS: &str = "switchyard_module_rollbacks_total";
 /// Outbox entries not yet handed to the broker (with a broker only).
@@ -183,6 +184,11 @@ impl Metrics {
             text("Dead letters written, by module and topic."),
         );
         r.describe_counter(
+            CONFLICTS.into(),
+            None,
+            text("Tries of a message rerun because a document's version moved under it."),
+        );
+        r.describe_counter(
             RELOADS.into(),
             None,
             text("New versions of a module that replaced the serving one."),
@@ -266,6 +272,12 @@ impl Metrics {
             vec![Label::new("module", module.to_string())],
         )
         .set(peak as f64);
+    }
+
+    /// A try of a `module` message that is run again after a version conflict.
+    pub fn conflict(&self, module: &str) {
+        self.counter(CONFLICTS, vec![Label::new("module", module.to_string())])
+            .increment(1);
     }
 
     /// A new version of `module` replaced the serving one.

@@ -22,7 +22,8 @@ pub const MAX_ERROR_TEXT: usize = 4 * 1024;
 pub(super) enum Attempt {
     Committed(Answer),
     Duplicate(Answer),
-    Conflict,
+    /// A version moved under the message; it names the document when known.
+    Conflict(Option<(String, String)>),
     Failed(FailureKind, String),
 }
 
@@ -104,7 +105,7 @@ impl Dispatcher {
                 }
                 _ => Attempt::Failed(FailureKind::Trap, trap_message(&e)),
             }),
-            Ok(Ok(Err(error))) => Err(refused(error, uow.conflicted)),
+            Ok(Ok(Err(error))) => Err(refused(error, uow.conflicted.clone())),
             Ok(Ok(Ok(output))) => answer(output, module.grants.budgets.answer_bytes),
         }?;
         let uow = std::mem::replace(
@@ -159,7 +160,9 @@ impl Dispatcher {
                 }
                 Attempt::Committed(answer)
             }
-            Err(StoreError::Conflict { .. }) => Attempt::Conflict,
+            Err(StoreError::Conflict { collection, key }) => {
+                Attempt::Conflict(Some((collection, key)))
+            }
             // Bad output of the module: retried, then dead-lettered. The
             // database's own words stay in the host's log.
             Err(StoreError::Refused(detail)) => {
@@ -178,7 +181,7 @@ impl Dispatcher {
                 Ok(Some(first)) => first,
                 // Rolled back meanwhile (cannot happen to a committed row,
                 // but the store said so): try again.
-                Ok(None) => Attempt::Conflict,
+                Ok(None) => Attempt::Conflict(None),
                 Err(failed) => failed,
             },
             Err(e) => Attempt::Failed(FailureKind::Unavailable, format!("store: {e}")),
@@ -244,12 +247,12 @@ fn guest_envelope(envelope: &Envelope, attempt: u32) -> wit::Envelope {
 /// is the SDK's way of saying "conflict": run the message again on fresh
 /// state.
 /// The module's text is cut to [`MAX_ERROR_TEXT`].
-fn refused(error: wit::HandleError, conflicted: bool) -> Attempt {
+fn refused(error: wit::HandleError, conflicted: Option<(String, String)>) -> Attempt {
     let cut = |m: String| clip(&m, MAX_ERROR_TEXT).into_owned();
     match error {
         wit::HandleError::Invalid(m) => Attempt::Failed(FailureKind::Invalid, cut(m)),
         wit::HandleError::Rejected(m) => Attempt::Failed(FailureKind::Rejected, cut(m)),
-        wit::HandleError::Transient(_) if conflicted => Attempt::Conflict,
+        wit::HandleError::Transient(_) if conflicted.is_some() => Attempt::Conflict(conflicted),
         wit::HandleError::Transient(m) => Attempt::Failed(FailureKind::Transient, cut(m)),
     }
 }

@@ -32,6 +32,8 @@ use switchyard_store::{MessageStore, StoreError};
 pub const MAX_CONFLICT_RETRIES: u32 = 200;
 /// Messages with the same partition key share one of this many locks.
 const PARTITION_STRIPES: usize = 1024;
+/// Documents that conflicted share one of this many queues.
+const HOT_KEY_STRIPES: usize = 1024;
 /// Header handed to the module (not stored): the attempt number, from 1.
 pub const ATTEMPT: &str = "attempt";
 /// Instances running at once, over all modules: below the pool's size.
@@ -54,6 +56,10 @@ pub struct Dispatcher {
     log_appended: Arc<Notify>,
     /// Same partition key -> same lock: one at a time, in arrival order.
     partitions: Vec<Mutex<()>>,
+    /// After a version conflict on a document, a message's further tries
+    /// wait here, one at a time per document (striped), instead of all
+    /// rerunning at once against the same hot key.
+    hot_keys: Vec<Arc<Mutex<()>>>,
     hasher: std::collections::hash_map::RandomState,
     /// Messages running at once: per module (`max-concurrency`) and in all
     /// (below the instance pool's size).
@@ -76,6 +82,9 @@ impl Dispatcher {
             metrics,
             log_appended: Arc::new(Notify::new()),
             partitions: (0..PARTITION_STRIPES).map(|_| Mutex::new(())).collect(),
+            hot_keys: (0..HOT_KEY_STRIPES)
+                .map(|_| Arc::new(Mutex::new(())))
+                .collect(),
             hasher: Default::default(),
             slots: slots::Slots::new(GUEST_SLOTS),
             telemetry: None,
@@ -214,6 +223,8 @@ impl Dispatcher {
     ) -> Outcome {
         let mut attempts = delivery.max(1) - 1;
         let mut conflicts = 0u32;
+        // Held from this message's first conflict on a document to its end.
+        let mut queued: Option<tokio::sync::OwnedMutexGuard<()>> = None;
         loop {
             attempts += 1;
             let (kind, message) = match self.attempt(module, envelope, attempts, trace).await {
@@ -222,15 +233,27 @@ impl Dispatcher {
                     return Outcome::Processed(answer);
                 }
                 Attempt::Duplicate(answer) => return Outcome::Duplicate(answer),
-                Attempt::Conflict if conflicts < MAX_CONFLICT_RETRIES => {
+                Attempt::Conflict(document) if conflicts < MAX_CONFLICT_RETRIES => {
                     conflicts += 1;
                     attempts -= 1;
-                    // Short random pause so the racing writers spread out.
+                    self.metrics.conflict(&module.name);
+                    if queued.is_none()
+                        && let Some((collection, key)) = document
+                    {
+                        // Wait for the messages of this host already
+                        // rerunning on that document, then run at once.
+                        let queue = self.hot_key_queue(&module.name, &collection, &key);
+                        queued = Some(queue.lock_owned().await);
+                        continue;
+                    }
+                    // Queued already (another host, or a message that never
+                    // queued, won meanwhile): a short random pause, growing
+                    // to 64 ms, so writers on several hosts spread out.
                     let cap = 1u64 << conflicts.min(6);
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=cap))).await;
                     continue;
                 }
-                Attempt::Conflict => (
+                Attempt::Conflict(_) => (
                     FailureKind::Transient,
                     format!("gave up after {MAX_CONFLICT_RETRIES} version conflicts"),
                 ),
@@ -291,6 +314,16 @@ impl Dispatcher {
             }
             return Outcome::Failed(failure);
         }
+    }
+
+    /// The queue of document `collection`/`key` of `module`. Taken after
+    /// the partition lock (if any) and before a slot, never the other way
+    /// round, and a message holds at most one: no waiting in a circle.
+    fn hot_key_queue(&self, module: &str, collection: &str, key: &str) -> Arc<Mutex<()>> {
+        let mut h = self.hasher.build_hasher();
+        (module, collection, key).hash(&mut h);
+        let index = usize::try_from(h.finish() % HOT_KEY_STRIPES as u64).unwrap_or(0);
+        self.hot_keys[index].clone()
     }
 
     fn partition_lock(&self, module: &str, key: &str) -> &Mutex<()> {

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod budgets;
+mod hot_keys;
 pub(crate) mod support;
 
 use std::collections::BTreeMap;

@@ -118,8 +118,10 @@ pub struct UnitOfWork {
     events: Vec<Envelope>,
     /// What `writes` and `events` hold together, against `max-write-bytes`.
     buffered: usize,
-    /// A write found its expected version stale: a retry may succeed.
-    pub conflicted: bool,
+    /// The document (collection, key) whose version moved under this
+    /// message (a stale expected version, or two versions seen): a retry
+    /// may succeed, and the dispatcher queues it behind that document.
+    pub conflicted: Option<(String, String)>,
     /// The store failed under a call: the message must be retried later.
     pub store_error: Option<String>,
 }
@@ -149,7 +151,7 @@ impl UnitOfWork {
             writes: BTreeMap::new(),
             events: Vec::new(),
             buffered: 0,
-            conflicted: false,
+            conflicted: None,
             store_error: None,
         }
     }
@@ -241,7 +243,7 @@ impl UnitOfWork {
         if now == version {
             Ok(doc)
         } else {
-            self.conflicted = true;
+            self.conflicted = Some(id.clone());
             Err(RepoFailure::VersionConflict(now))
         }
     }
@@ -281,7 +283,7 @@ impl UnitOfWork {
         let id = (collection.to_string(), key.to_string());
         self.check_write_budget(&id, Some(&value))?;
         let current = self.version_of(&id).await?;
-        self.check_expected(expected, current)?;
+        self.check_expected(&id, expected, current)?;
         let base_version = match self.writes.get(&id) {
             Some(p) => p.base_version,
             None => {
@@ -319,7 +321,7 @@ impl UnitOfWork {
                 _ => Ok(false),
             };
         }
-        self.check_expected(expected, current)?;
+        self.check_expected(&id, expected, current)?;
         let base_version = self.writes.get(&id).map_or(current, |p| p.base_version);
         if base_version == 0 {
             // Created and deleted within this message: nothing to commit.
@@ -410,10 +412,15 @@ impl UnitOfWork {
         (writes, self.events)
     }
 
-    fn check_expected(&mut self, expected: Option<u64>, current: u64) -> Result<(), RepoFailure> {
+    fn check_expected(
+        &mut self,
+        id: &DocKey,
+        expected: Option<u64>,
+        current: u64,
+    ) -> Result<(), RepoFailure> {
         match expected {
             Some(v) if v != current => {
-                self.conflicted = true;
+                self.conflicted = Some(id.clone());
                 Err(RepoFailure::VersionConflict(current))
             }
             _ => Ok(()),

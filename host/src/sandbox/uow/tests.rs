@@ -225,12 +225,16 @@ async fn a_stale_expected_version_is_a_conflict() {
     let store = Arc::new(MemoryStore::new());
     store.put("inventory", "stock", "apple", "1");
     let mut uow = unit(&store);
-    assert!(!uow.conflicted);
+    assert_eq!(uow.conflicted, None);
     assert_eq!(
         uow.put("stock", "apple", "2".into(), Some(0)).await,
         Err(RepoFailure::VersionConflict(1))
     );
-    assert!(uow.conflicted, "the dispatcher retries a conflicted unit");
+    assert_eq!(
+        uow.conflicted,
+        Some(("stock".to_string(), "apple".to_string())),
+        "the dispatcher retries a conflicted unit, behind that document"
+    );
     assert_eq!(
         uow.put("stock", "pear", "2".into(), Some(3)).await,
         Err(RepoFailure::VersionConflict(0))
