@@ -55,7 +55,10 @@ async fn run() -> anyhow::Result<()> {
         "contention benchmark: {MESSAGES} inventory/restock, one sku (hot) vs {SKUS} skus (spread), {IN_FLIGHT} in flight per host"
     );
     let dir = tempfile::tempdir()?;
-    let mut databases = vec![("SQLite", format!("sqlite://{}", dir.path().join("bench.db").display()))];
+    let mut databases = vec![(
+        "SQLite",
+        format!("sqlite://{}", dir.path().join("bench.db").display()),
+    )];
     match postgres_database().await {
         Ok(url) => databases.push(("PostgreSQL", url)),
         Err(e) => println!("  PostgreSQL skipped: {e:#}"),
@@ -147,7 +150,10 @@ impl Hosts {
         let took = start.elapsed();
         let after: u64 = self.0.iter().map(|h| h.conflicts()).sum();
         Figures {
-            rate: MESSAGES as f64 / took.as_secs_f64().max(Duration::from_micros(1).as_secs_f64()),
+            rate: MESSAGES as f64
+                / took
+                    .as_secs_f64()
+                    .max(Duration::from_micros(1).as_secs_f64()),
             reruns: (after - before) as f64 / MESSAGES as f64,
         }
     }
@@ -167,7 +173,11 @@ impl Host {
         let metrics = Arc::new(Metrics::new());
         let registry = Arc::new(Registry::new(metrics.clone()));
         let routes = registry.load(&engine, &manifest, None).await;
-        anyhow::ensure!(routes.problems.is_empty(), "load problems: {:?}", routes.problems);
+        anyhow::ensure!(
+            routes.problems.is_empty(),
+            "load problems: {:?}",
+            routes.problems
+        );
         let module = routes
             .modules
             .get("inventory")

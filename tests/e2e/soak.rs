@@ -64,7 +64,11 @@ async fn fill(streams: &Streams) {
         .ignore();
         if n.is_multiple_of(RESTOCKS / FAULTY_MESSAGES) {
             let k = n / (RESTOCKS / FAULTY_MESSAGES);
-            let then = if k.is_multiple_of(TRAP_EVERY) { "trap" } else { "ok" };
+            let then = if k.is_multiple_of(TRAP_EVERY) {
+                "trap"
+            } else {
+                "ok"
+            };
             let body = format!(r#"{{"key":"note-{k}","then":"{then}"}}"#);
             let id = format!("faulty-{k}");
             pipe.xadd(

@@ -3,7 +3,7 @@
 
 use serde_json::value::RawValue;
 
-use super::{ATTEMPT, Dispatcher};
+use super::{ATTEMPT, Dispatcher, Keep};
 use crate::registry::LoadedModule;
 use crate::sandbox::bindings::switchyard::module::types as wit;
 use crate::sandbox::engine::EPOCH_TICK;
@@ -40,6 +40,7 @@ impl Dispatcher {
         module: &LoadedModule,
         envelope: &Envelope,
         attempt: u32,
+        keep: Keep,
         trace: &trace::Handling,
     ) -> Attempt {
         let slot = self
@@ -50,7 +51,7 @@ impl Dispatcher {
             return Attempt::Failed(FailureKind::Unavailable, "host is shutting down".into());
         };
         match self.run_guest(module, envelope, attempt, trace).await {
-            Ok((output, uow)) => self.commit(module, envelope, output, uow).await,
+            Ok((output, uow)) => self.commit(module, envelope, output, uow, keep).await,
             Err(failed) => failed,
         }
     }
@@ -122,13 +123,14 @@ impl Dispatcher {
         envelope: &Envelope,
         output: Box<RawValue>,
         uow: UnitOfWork,
+        keep: Keep,
     ) -> Attempt {
         let (writes, events) = uow.into_parts();
         let answer = Answer {
             output,
             events: events.iter().map(event_json).collect(),
         };
-        if writes.is_empty() && events.is_empty() {
+        if keep == Keep::Effects && writes.is_empty() && events.is_empty() {
             // A query: nothing to commit, no inbox row (a repeat runs
             // again), unless this id was processed before with effects.
             return match self.processed_before(module, envelope).await {

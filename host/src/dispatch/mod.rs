@@ -43,6 +43,16 @@ const _: () = assert!(switchyard_model::manifest::MAX_CONCURRENCY_LIMIT as usize
 /// Longest delay between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Which handled messages keep an inbox row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Every one (a message from a log or stream).
+    Every,
+    /// Those whose unit of work wrote or emitted something (a request whose
+    /// caller has the answer).
+    Effects,
+}
+
 /// Runs messages through modules: the bus every ingress hands envelopes to.
 /// It routes (through the registry), runs (in the sandbox) and records (in
 /// the store); ingress never writes the store around it.
@@ -154,6 +164,15 @@ impl Dispatcher {
         self.deliver_from(module, envelope, 1).await
     }
 
+    /// [`Dispatcher::deliver`] for a request whose caller waits for the
+    /// answer (HTTP): a query, i.e. a unit of work with no write and no
+    /// event, commits nothing and keeps no inbox row, so its id again runs
+    /// again. A message from a log or stream always keeps its inbox row:
+    /// it is how `GET /v1/messages/{id}` knows it was handled.
+    pub async fn call(&self, module: &Arc<LoadedModule>, envelope: &Envelope) -> Outcome {
+        self.handle(module, envelope, 1, Keep::Effects).await
+    }
+
     /// [`Dispatcher::deliver`] for a message already delivered `delivery - 1`
     /// times before (e.g. reclaimed from a dead consumer): those attempts count.
     pub async fn deliver_from(
@@ -161,6 +180,16 @@ impl Dispatcher {
         module: &Arc<LoadedModule>,
         envelope: &Envelope,
         delivery: u32,
+    ) -> Outcome {
+        self.handle(module, envelope, delivery, Keep::Every).await
+    }
+
+    async fn handle(
+        &self,
+        module: &Arc<LoadedModule>,
+        envelope: &Envelope,
+        delivery: u32,
+        keep: Keep,
     ) -> Outcome {
         let _ordered = match envelope.header(PARTITION_KEY) {
             Some(key) => Some(self.partition_lock(&module.name, key).lock().await),
@@ -180,7 +209,7 @@ impl Dispatcher {
         let started = std::time::Instant::now();
         let started_at = std::time::SystemTime::now();
         let outcome = self
-            .deliver_with_retries(module, envelope, delivery, &trace)
+            .deliver_with_retries(module, envelope, delivery, keep, &trace)
             .instrument(span)
             .await;
         let elapsed = started.elapsed();
@@ -219,6 +248,7 @@ impl Dispatcher {
         module: &Arc<LoadedModule>,
         envelope: &Envelope,
         delivery: u32,
+        keep: Keep,
         trace: &trace::Handling,
     ) -> Outcome {
         let mut attempts = delivery.max(1) - 1;
@@ -227,7 +257,8 @@ impl Dispatcher {
         let mut queued: Option<tokio::sync::OwnedMutexGuard<()>> = None;
         loop {
             attempts += 1;
-            let (kind, message) = match self.attempt(module, envelope, attempts, trace).await {
+            let (kind, message) = match self.attempt(module, envelope, attempts, keep, trace).await
+            {
                 Attempt::Committed(answer) => {
                     count(&module.stats, true);
                     return Outcome::Processed(answer);

@@ -73,6 +73,13 @@ impl Harness {
         self.dispatcher.deliver(&module, &envelope).await
     }
 
+    /// Calls the module that owns `topic` with a command, as HTTP does.
+    async fn call(&self, id: &str, topic: &str, subtopic: &str, body: Value) -> Outcome {
+        let module = self.dispatcher.owner(topic).unwrap();
+        let envelope = envelope(id, topic, subtopic, body);
+        self.dispatcher.call(&module, &envelope).await
+    }
+
     /// How many instances of `name` ran `handle` (one per attempt).
     fn instances(&self, name: &str) -> u64 {
         let text = self.dispatcher.metrics().render();
@@ -209,8 +216,13 @@ async fn the_same_id_again_answers_the_first_answer_and_drops_what_the_rerun_did
 async fn a_duplicate_whose_rerun_fails_still_answers_the_first_answer() {
     let h = Harness::new(&["inventory"], INVENTORY).await;
     let first = processed(
-        h.send("r-1", "inventory", "restock", json!({"sku": "apple", "qty": 2}))
-            .await,
+        h.send(
+            "r-1",
+            "inventory",
+            "restock",
+            json!({"sku": "apple", "qty": 2}),
+        )
+        .await,
     );
     // The same id with a body the module refuses: the id was processed, so
     // the first answer stands and no failure is recorded.
@@ -228,27 +240,61 @@ async fn a_duplicate_whose_rerun_fails_still_answers_the_first_answer() {
 }
 
 #[tokio::test]
-async fn a_query_commits_nothing_and_a_repeat_runs_again() {
+async fn a_query_called_commits_nothing_and_a_repeat_runs_again() {
     let h = Harness::new(&["inventory"], INVENTORY).await;
     processed(
-        h.send("r-1", "inventory", "restock", json!({"sku": "apple", "qty": 2}))
-            .await,
+        h.send(
+            "r-1",
+            "inventory",
+            "restock",
+            json!({"sku": "apple", "qty": 2}),
+        )
+        .await,
     );
     assert_eq!(h.memory.commits(), 1);
     let query = json!({"sku": "apple"});
-    let first = processed(h.send("q-1", "inventory", "get", query.clone()).await);
+    let first = processed(h.call("q-1", "inventory", "get", query.clone()).await);
     assert_eq!(output(&first)["available"], 2);
     assert_eq!(h.memory.commits(), 1, "a query writes no inbox row");
-    assert_eq!(h.memory.inbox_answer("inventory", "q-1").await.unwrap(), None);
+    assert_eq!(
+        h.memory.inbox_answer("inventory", "q-1").await.unwrap(),
+        None
+    );
 
     // Its id again is not a duplicate: it runs on today's state.
     processed(
-        h.send("r-2", "inventory", "restock", json!({"sku": "apple", "qty": 3}))
-            .await,
+        h.send(
+            "r-2",
+            "inventory",
+            "restock",
+            json!({"sku": "apple", "qty": 3}),
+        )
+        .await,
     );
-    let again = processed(h.send("q-1", "inventory", "get", query).await);
+    let again = processed(h.call("q-1", "inventory", "get", query.clone()).await);
     assert_eq!(output(&again)["available"], 5);
     assert_eq!(h.memory.commits(), 2);
+
+    // A called command keeps its inbox row, and a command's id called
+    // again with a query's body is still its duplicate.
+    let restock = json!({"sku": "apple", "qty": 1});
+    processed(h.call("r-3", "inventory", "restock", restock).await);
+    assert_eq!(h.memory.commits(), 3);
+    match h.call("r-3", "inventory", "get", query.clone()).await {
+        Outcome::Duplicate(a) => assert_eq!(output(&a)["available"], 6),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+
+    // Delivered from a log, a query keeps its inbox row (the message's
+    // status says it was handled).
+    processed(h.send("q-2", "inventory", "get", query).await);
+    assert!(
+        h.memory
+            .inbox_answer("inventory", "q-2")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 #[tokio::test]
@@ -422,11 +468,14 @@ type Interference = Box<dyn FnOnce(&MemoryStore) + Send>;
 /// just before the next commit, or document reads failing while the inbox
 /// and commits still work.
 #[derive(Default)]
-struct Scripted {
+pub(super) struct Scripted {
     memory: Arc<MemoryStore>,
     /// Runs once, just before the next commit.
     before_commit: Mutex<Option<Interference>>,
     reads_fail: AtomicBool,
+    /// Milliseconds each commit takes (a database round trip), during
+    /// which other messages read the versions it is about to change.
+    commit_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Scripted {
@@ -473,7 +522,14 @@ impl MessageStore for Scripted {
         if let Some(write) = meanwhile {
             write(&self.memory);
         }
-        self.memory.commit(commit)
+        let delay = self.commit_ms.load(Ordering::Relaxed);
+        if delay == 0 {
+            return self.memory.commit(commit);
+        }
+        Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            self.memory.commit(commit).await
+        })
     }
 
     fn record_failure<'a>(
@@ -489,7 +545,7 @@ impl MessageStore for Scripted {
     }
 }
 
-async fn scripted_inventory() -> (Arc<Scripted>, Harness) {
+pub(super) async fn scripted_inventory() -> (Arc<Scripted>, Harness) {
     let scripted = Arc::new(Scripted::default());
     let memory = scripted.memory.clone();
     let h = Harness::over(&["inventory"], INVENTORY, memory, scripted.clone()).await;

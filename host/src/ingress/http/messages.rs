@@ -145,6 +145,6 @@ async fn submit(
     }
     answer(
         &envelope.id,
-        state.dispatcher.deliver(&module, &envelope).await,
+        state.dispatcher.call(&module, &envelope).await,
     )
 }
