@@ -2,7 +2,7 @@
 //! the embedded log, consumers' cursors, and the relays' claims.
 
 use sqlx::postgres::PgRow;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use switchyard_model::envelope::Envelope;
 
@@ -182,47 +182,65 @@ impl PostgresStore {
         if envelopes.is_empty() {
             return Ok(());
         }
-        let mut ids = Vec::with_capacity(envelopes.len());
-        let mut topics = Vec::with_capacity(envelopes.len());
-        let mut subtopics = Vec::with_capacity(envelopes.len());
-        let mut headers = Vec::with_capacity(envelopes.len());
-        let mut bodies = Vec::with_capacity(envelopes.len());
-        for e in envelopes {
-            ids.push(e.id.as_str());
-            topics.push(e.topic.as_str());
-            subtopics.push(e.subtopic.as_str());
-            headers.push(
-                serde_json::to_string(&e.headers)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            );
-            bodies.push(e.body_text());
-        }
         if self.ordered_log {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(OUTBOX_LOCK)
-                .execute(&mut **tx)
-                .await?;
+            lock_outbox(tx).await?;
         }
-        // One statement for all events; ORDER BY the input position so their
-        // seqs follow the order the module emitted them in.
-        sqlx::query(
-            "INSERT INTO outbox (id, topic, subtopic, headers, body, source, created_at)
-             SELECT id, topic, subtopic, headers::jsonb, body, $6, now()
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-                  WITH ORDINALITY AS e(id, topic, subtopic, headers, body, position)
-             ORDER BY position
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&topics)
-        .bind(&subtopics)
-        .bind(&headers)
-        .bind(&bodies)
-        .bind(source)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        insert_log(tx, envelopes, source).await
     }
+}
+
+/// Takes [`OUTBOX_LOCK`] until the end of the current transaction.
+pub(super) async fn lock_outbox(conn: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(OUTBOX_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Appends envelopes to the outbox in the connection's transaction, in
+/// order. The caller holds [`OUTBOX_LOCK`] when the outbox is the log.
+pub(super) async fn insert_log(
+    conn: &mut PgConnection,
+    envelopes: &[Envelope],
+    source: &str,
+) -> Result<(), StoreError> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(envelopes.len());
+    let mut topics = Vec::with_capacity(envelopes.len());
+    let mut subtopics = Vec::with_capacity(envelopes.len());
+    let mut headers = Vec::with_capacity(envelopes.len());
+    let mut bodies = Vec::with_capacity(envelopes.len());
+    for e in envelopes {
+        ids.push(e.id.as_str());
+        topics.push(e.topic.as_str());
+        subtopics.push(e.subtopic.as_str());
+        headers.push(
+            serde_json::to_string(&e.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+        bodies.push(e.body_text());
+    }
+    // One statement for all events; ORDER BY the input position so their
+    // seqs follow the order the module emitted them in.
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, subtopic, headers, body, source, created_at)
+         SELECT id, topic, subtopic, headers::jsonb, body, $6, now()
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+              WITH ORDINALITY AS e(id, topic, subtopic, headers, body, position)
+         ORDER BY position
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&topics)
+    .bind(&subtopics)
+    .bind(&headers)
+    .bind(&bodies)
+    .bind(source)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub(super) fn log_entry(row: &PgRow) -> Result<LogEntry, StoreError> {
