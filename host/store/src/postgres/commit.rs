@@ -158,7 +158,7 @@ pub(super) fn classify(error: StoreError) -> StoreError {
     error
 }
 
-fn version_param(version: u64) -> Result<i64, StoreError> {
+pub(super) fn version_param(version: u64) -> Result<i64, StoreError> {
     i64::try_from(version)
         .map_err(|_| StoreError::Corrupt(format!("version {version} out of range")))
 }

@@ -205,15 +205,27 @@ pub(super) async fn insert_log(
     envelopes: &[Envelope],
     source: &str,
 ) -> Result<(), StoreError> {
-    if envelopes.is_empty() {
+    let rows: Vec<(&Envelope, &str)> = envelopes.iter().map(|e| (e, source)).collect();
+    insert_events(conn, &rows).await
+}
+
+/// Appends `(envelope, source)` rows to the outbox in one statement, their
+/// seqs in the order given. The caller holds [`OUTBOX_LOCK`] when the
+/// outbox is the log.
+pub(super) async fn insert_events(
+    conn: &mut PgConnection,
+    rows: &[(&Envelope, &str)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
         return Ok(());
     }
-    let mut ids = Vec::with_capacity(envelopes.len());
-    let mut topics = Vec::with_capacity(envelopes.len());
-    let mut subtopics = Vec::with_capacity(envelopes.len());
-    let mut headers = Vec::with_capacity(envelopes.len());
-    let mut bodies = Vec::with_capacity(envelopes.len());
-    for e in envelopes {
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut topics = Vec::with_capacity(rows.len());
+    let mut subtopics = Vec::with_capacity(rows.len());
+    let mut headers = Vec::with_capacity(rows.len());
+    let mut bodies = Vec::with_capacity(rows.len());
+    let mut sources = Vec::with_capacity(rows.len());
+    for (e, source) in rows {
         ids.push(e.id.as_str());
         topics.push(e.topic.as_str());
         subtopics.push(e.subtopic.as_str());
@@ -221,14 +233,14 @@ pub(super) async fn insert_log(
             serde_json::to_string(&e.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         );
         bodies.push(e.body_text());
+        sources.push(*source);
     }
-    // One statement for all events; ORDER BY the input position so their
-    // seqs follow the order the module emitted them in.
+    // ORDER BY the input position so the seqs follow the order given.
     sqlx::query(
         "INSERT INTO outbox (id, topic, subtopic, headers, body, source, created_at)
-         SELECT id, topic, subtopic, headers::jsonb, body, $6, now()
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-              WITH ORDINALITY AS e(id, topic, subtopic, headers, body, position)
+         SELECT id, topic, subtopic, headers::jsonb, body, source, now()
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+              WITH ORDINALITY AS e(id, topic, subtopic, headers, body, source, position)
          ORDER BY position
          ON CONFLICT (id) DO NOTHING",
     )
@@ -237,7 +249,7 @@ pub(super) async fn insert_log(
     .bind(&subtopics)
     .bind(&headers)
     .bind(&bodies)
-    .bind(source)
+    .bind(&sources)
     .execute(conn)
     .await?;
     Ok(())
