@@ -24,9 +24,10 @@ use crate::{LogEntry, StoreError};
 /// because that needs a (xid, seq) cursor instead of the plain seq the log
 /// API and the SQLite backend share, and it stalls all readers behind any long
 /// transaction on the database. The cost: appends of events are serialised
-/// from their insert through their commit's WAL flush, so they get no group
-/// commit (about 370 commits/s on this machine's disk, 2.7 ms per flush;
-/// documents and inbox writes, taken before the lock, still run in parallel).
+/// from their insert through their commit's WAL flush (2.7 ms on this
+/// machine's disk). A unit committed alone takes it after its document and
+/// inbox writes; a group (`group.rs`) takes it once, first, so groups with
+/// events commit one after another but each flush carries the whole group.
 /// With a broker the outbox is only drained by the relay, which selects
 /// `published_at IS NULL` rather than following a cursor and so cannot skip a
 /// late row: there the lock is not taken ([`StoreOptions::ordered_log`]).
