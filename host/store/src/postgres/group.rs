@@ -37,8 +37,9 @@ pub const DEFAULT_MAX_GROUP: usize = 64;
 /// committer with 128 units in flight (three gave no more on two cores).
 /// Groups take their row locks in document order, so two committers (or
 /// two hosts) do not deadlock on documents both groups write, except when
-/// a group falls back to unit by unit; a deadlock is then found after
-/// PostgreSQL's `deadlock_timeout` (1 s) and its unit retried as a conflict.
+/// a group falls back to unit by unit and its units write several
+/// documents each; a deadlock is then found after PostgreSQL's
+/// `deadlock_timeout` (1 s) and its unit retried as a conflict.
 pub const DEFAULT_COMMITTERS: usize = 2;
 
 /// The queue to the committers. Cloning shares it.
@@ -466,9 +467,15 @@ async fn apply_group(
         // holds no document another committer could be waiting for.
         lock_outbox(&mut tx).await?;
     }
-    let mut results = Vec::with_capacity(group.len());
+    // Units in the order of their first document (a unit's writes come
+    // sorted from the unit of work): groups of one-document units then take
+    // their row locks in one global order here too.
+    let mut order: Vec<usize> = (0..group.len()).collect();
+    order.sort_by(|&a, &b| first_document(&group[a].commit).cmp(&first_document(&group[b].commit)));
+    let mut results: Vec<Option<Result<(), StoreError>>> = group.iter().map(|_| None).collect();
     let mut mark = Mark::None;
-    for queued in group {
+    for i in order {
+        let Some(queued) = group.get(i) else { continue };
         let set = match mark {
             Mark::None => Some("SAVEPOINT unit"),
             // One round trip for both.
@@ -479,24 +486,43 @@ async fn apply_group(
             sqlx::raw_sql(set).execute(&mut *tx).await?;
         }
         mark = Mark::Here;
-        match apply(&mut tx, &queued.commit.borrowed(), false).await {
+        let result = match apply(&mut tx, &queued.commit.borrowed(), false).await {
             Ok(()) => {
                 mark = Mark::Behind;
-                results.push(Ok(()));
+                Ok(())
             }
             // Stopped at the inbox row, having written nothing.
-            Err(StoreError::Duplicate) => results.push(Err(StoreError::Duplicate)),
+            Err(StoreError::Duplicate) => Err(StoreError::Duplicate),
             Err(e) if fails_alone(&e) => {
                 sqlx::raw_sql("ROLLBACK TO SAVEPOINT unit")
                     .execute(&mut *tx)
                     .await?;
-                results.push(Err(classify(e)));
+                Err(classify(e))
             }
             Err(e) => return Err(e),
+        };
+        if let Some(slot) = results.get_mut(i) {
+            *slot = Some(result);
         }
     }
     tx.commit().await?;
-    Ok(results)
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(StoreError::Backend("unit not applied".into()))))
+        .collect())
+}
+
+/// The first document a unit writes, to order units by.
+fn first_document(commit: &OwnedCommit) -> Option<(&str, &str, &str)> {
+    commit.writes.first().map(|write| {
+        let (Write::Put {
+            collection, key, ..
+        }
+        | Write::Delete {
+            collection, key, ..
+        }) = write;
+        (commit.module.as_str(), collection.as_str(), key.as_str())
+    })
 }
 
 /// Errors of one unit that leave the transaction usable once rolled back to
