@@ -80,6 +80,7 @@ async fn open(manifest: &Manifest) -> anyhow::Result<Core> {
         max_connections: manifest.host.max_connections,
         // Without a broker the outbox is the log that modules follow.
         ordered_log: manifest.redis.is_none(),
+        ..StoreOptions::default()
     };
     let store = Store::connect_with(&manifest.host.database, &options)
         .await

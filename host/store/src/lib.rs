@@ -1,7 +1,8 @@
 //! The host's own persistence: module documents, inbox, outbox (the embedded
-//! log), log cursors and dead letters. Each backend commits one unit of work
-//! (writes + events + inbox record) in one transaction. SQLite serves one
-//! host; PostgreSQL serves several hosts sharing one database.
+//! log), log cursors and dead letters. Each backend commits a unit of work
+//! (writes + events + inbox record) all-or-nothing, several units per
+//! transaction (group commit, a savepoint each). SQLite serves one host;
+//! PostgreSQL serves several hosts sharing one database.
 
 pub mod memory;
 pub mod message;
@@ -16,7 +17,7 @@ use switchyard_model::envelope::Envelope;
 
 pub use memory::MemoryStore;
 pub use message::MessageStore;
-pub use postgres::PostgresStore;
+pub use postgres::{DEFAULT_COMMITTERS, DEFAULT_MAX_GROUP, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// A stored document.
@@ -138,6 +139,13 @@ pub struct StoreOptions {
     /// configured): PostgreSQL then makes seq order commit order, at a cost
     /// (see `postgres::outbox::OUTBOX_LOCK`). SQLite's single writer gives it for free.
     pub ordered_log: bool,
+    /// PostgreSQL: most units of work committed in one transaction (group
+    /// commit, see `postgres/group.rs`); 1 commits each unit in its own
+    /// transaction, in the caller's task.
+    pub max_group: usize,
+    /// PostgreSQL: committer tasks, each holding one pooled connection
+    /// while it commits a group; at most half of `max_connections`.
+    pub committers: usize,
 }
 
 impl Default for StoreOptions {
@@ -146,6 +154,8 @@ impl Default for StoreOptions {
         Self {
             max_connections: None,
             ordered_log: true,
+            max_group: postgres::DEFAULT_MAX_GROUP,
+            committers: postgres::DEFAULT_COMMITTERS,
         }
     }
 }

@@ -1,16 +1,20 @@
 //! The shared store: PostgreSQL, for several hosts on one database.
 //!
-//! Documents are JSONB with a version; a unit of work is one READ COMMITTED
-//! transaction whose conditional writes (`WHERE version = base`) turn a
-//! concurrent change into [`StoreError::Conflict`], even when the racing
-//! writer runs in another host.
+//! Documents are JSONB with a version; a unit of work's conditional writes
+//! (`WHERE version = base`, READ COMMITTED) turn a concurrent change into
+//! [`StoreError::Conflict`], even when the racing writer runs in another
+//! host. Units of work are committed in groups: several per transaction,
+//! each in its own savepoint, so each stays all-or-nothing.
 //!
 //! By concern: this file has the store type, connecting and the reads of
-//! documents and the inbox; `commit` units of work; `outbox` appends (under
+//! documents and the inbox; `commit` the statements of a unit of work and
+//! committing one alone; `group` the committer tasks that commit several
+//! in one transaction; `outbox` appends (under
 //! `OUTBOX_LOCK`), the embedded log, cursors and the relay's claims; `ops`
 //! dead letters, operators' reads and pruning.
 
 mod commit;
+mod group;
 mod ops;
 mod outbox;
 
@@ -22,6 +26,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
 use crate::{Document, StoreError, StoreOptions};
+
+pub use group::{DEFAULT_COMMITTERS, DEFAULT_MAX_GROUP};
 
 /// Pool size when `host.max-connections` is not set. A connection is held
 /// only for one statement or one commit, never across a module call, so a
@@ -37,13 +43,17 @@ pub struct PostgresStore {
     pool: PgPool,
     /// Take [`OUTBOX_LOCK`](outbox::OUTBOX_LOCK) on appends (the outbox is the embedded log).
     ordered_log: bool,
+    /// Where units of work go to be committed in groups; `None` when each
+    /// commits alone in its caller's transaction (`max_group` 1).
+    group: Option<group::Committers>,
 }
 
 impl PostgresStore {
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         let connect = PgConnectOptions::from_str(url)?.application_name("switchyard");
+        let max_connections = options.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS))
+            .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(connect)
             .await?;
@@ -52,9 +62,19 @@ impl PostgresStore {
         sqlx::migrate!("../../migrations/postgres")
             .run(&pool)
             .await?;
+        // Each committer holds a connection while it commits: at most half
+        // the pool, so reads, the relay and failures always find one.
+        let group = (options.max_group > 1).then(|| {
+            let count = options
+                .committers
+                .min(usize::try_from(max_connections / 2).unwrap_or(1))
+                .max(1);
+            group::Committers::start(pool.clone(), options.ordered_log, options.max_group, count)
+        });
         Ok(Self {
             pool,
             ordered_log: options.ordered_log,
+            group,
         })
     }
 

@@ -2,7 +2,7 @@
 //! the embedded log, consumers' cursors, and the relays' claims.
 
 use sqlx::postgres::PgRow;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use switchyard_model::envelope::Envelope;
 
@@ -24,9 +24,10 @@ use crate::{LogEntry, StoreError};
 /// because that needs a (xid, seq) cursor instead of the plain seq the log
 /// API and the SQLite backend share, and it stalls all readers behind any long
 /// transaction on the database. The cost: appends of events are serialised
-/// from their insert through their commit's WAL flush, so they get no group
-/// commit (about 370 commits/s on this machine's disk, 2.7 ms per flush;
-/// documents and inbox writes, taken before the lock, still run in parallel).
+/// from their insert through their commit's WAL flush (2.7 ms on this
+/// machine's disk). A unit committed alone takes it after its document and
+/// inbox writes; a group (`group.rs`) takes it once, first, so groups with
+/// events commit one after another but each flush carries the whole group.
 /// With a broker the outbox is only drained by the relay, which selects
 /// `published_at IS NULL` rather than following a cursor and so cannot skip a
 /// late row: there the lock is not taken ([`StoreOptions::ordered_log`]).
@@ -182,47 +183,77 @@ impl PostgresStore {
         if envelopes.is_empty() {
             return Ok(());
         }
-        let mut ids = Vec::with_capacity(envelopes.len());
-        let mut topics = Vec::with_capacity(envelopes.len());
-        let mut subtopics = Vec::with_capacity(envelopes.len());
-        let mut headers = Vec::with_capacity(envelopes.len());
-        let mut bodies = Vec::with_capacity(envelopes.len());
-        for e in envelopes {
-            ids.push(e.id.as_str());
-            topics.push(e.topic.as_str());
-            subtopics.push(e.subtopic.as_str());
-            headers.push(
-                serde_json::to_string(&e.headers)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            );
-            bodies.push(e.body_text());
-        }
         if self.ordered_log {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(OUTBOX_LOCK)
-                .execute(&mut **tx)
-                .await?;
+            lock_outbox(tx).await?;
         }
-        // One statement for all events; ORDER BY the input position so their
-        // seqs follow the order the module emitted them in.
-        sqlx::query(
-            "INSERT INTO outbox (id, topic, subtopic, headers, body, source, created_at)
-             SELECT id, topic, subtopic, headers::jsonb, body, $6, now()
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-                  WITH ORDINALITY AS e(id, topic, subtopic, headers, body, position)
-             ORDER BY position
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&ids)
-        .bind(&topics)
-        .bind(&subtopics)
-        .bind(&headers)
-        .bind(&bodies)
-        .bind(source)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
+        insert_log(tx, envelopes, source).await
     }
+}
+
+/// Takes [`OUTBOX_LOCK`] until the end of the current transaction.
+pub(super) async fn lock_outbox(conn: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(OUTBOX_LOCK)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Appends envelopes to the outbox in the connection's transaction, in
+/// order. The caller holds [`OUTBOX_LOCK`] when the outbox is the log.
+pub(super) async fn insert_log(
+    conn: &mut PgConnection,
+    envelopes: &[Envelope],
+    source: &str,
+) -> Result<(), StoreError> {
+    let rows: Vec<(&Envelope, &str)> = envelopes.iter().map(|e| (e, source)).collect();
+    insert_events(conn, &rows).await
+}
+
+/// Appends `(envelope, source)` rows to the outbox in one statement, their
+/// seqs in the order given. The caller holds [`OUTBOX_LOCK`] when the
+/// outbox is the log.
+pub(super) async fn insert_events(
+    conn: &mut PgConnection,
+    rows: &[(&Envelope, &str)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut topics = Vec::with_capacity(rows.len());
+    let mut subtopics = Vec::with_capacity(rows.len());
+    let mut headers = Vec::with_capacity(rows.len());
+    let mut bodies = Vec::with_capacity(rows.len());
+    let mut sources = Vec::with_capacity(rows.len());
+    for (e, source) in rows {
+        ids.push(e.id.as_str());
+        topics.push(e.topic.as_str());
+        subtopics.push(e.subtopic.as_str());
+        headers.push(
+            serde_json::to_string(&e.headers).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+        bodies.push(e.body_text());
+        sources.push(*source);
+    }
+    // ORDER BY the input position so the seqs follow the order given.
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, subtopic, headers, body, source, created_at)
+         SELECT id, topic, subtopic, headers::jsonb, body, source, now()
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+              WITH ORDINALITY AS e(id, topic, subtopic, headers, body, source, position)
+         ORDER BY position
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&topics)
+    .bind(&subtopics)
+    .bind(&headers)
+    .bind(&bodies)
+    .bind(&sources)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub(super) fn log_entry(row: &PgRow) -> Result<LogEntry, StoreError> {

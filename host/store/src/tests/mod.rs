@@ -15,6 +15,7 @@ use super::*;
 
 mod dead_letters;
 mod documents;
+mod group;
 mod log;
 mod retention;
 
@@ -156,6 +157,7 @@ store_tests!(
     documents::concurrent_deliveries_of_one_id_commit_once,
     documents::units_committed_together_fail_alone,
     documents::prefix_scans_are_bytewise_and_bounded,
+    group::mixed_units_at_once_each_get_their_own_result,
     log::the_log_keeps_emit_order_and_cursors_only_move_forward,
     log::a_log_reader_racing_concurrent_commits_misses_nothing,
     log::published_entries_leave_the_relay_queue_and_dropped_claims_return,
