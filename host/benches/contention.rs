@@ -93,7 +93,8 @@ async fn postgres_database() -> anyhow::Result<String> {
         .await
         .context("connect")?;
     let name = format!("bench_contention_{}", envelope::new_id().replace('-', ""));
-    sqlx::query(&format!("CREATE DATABASE {name}"))
+    // The name is this function's own (a fixed prefix and a UUID).
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await?;
     let mut url = url::Url::parse(&admin)?;

@@ -28,7 +28,13 @@ pub(super) async fn commit_alone(
 ) -> Result<(), StoreError> {
     let once = async {
         let mut tx = pool.begin().await?;
-        apply(&mut tx, commit, ordered_log).await?;
+        // The log lock before any row lock, as a group takes it: a unit
+        // holding a document while waiting for the lock that a group holds
+        // while waiting for that document would deadlock.
+        if ordered_log && !commit.events.is_empty() {
+            lock_outbox(&mut tx).await?;
+        }
+        apply(&mut tx, commit).await?;
         tx.commit().await?;
         Ok(())
     };
@@ -37,14 +43,10 @@ pub(super) async fn commit_alone(
 
 /// The statements of one unit of work, in the connection's transaction:
 /// the inbox row (a duplicate stops here, having written nothing), the
-/// writes against their base versions, then the events (taking
-/// `OUTBOX_LOCK` first when `lock_log`). An `Err` may leave part of the unit
+/// writes against their base versions, then the events (the caller holds
+/// `OUTBOX_LOCK` when the outbox is the log). An `Err` may leave part of the unit
 /// applied: the caller rolls back (the transaction or the unit's savepoint).
-pub(super) async fn apply(
-    conn: &mut PgConnection,
-    commit: &Commit<'_>,
-    lock_log: bool,
-) -> Result<(), StoreError> {
+pub(super) async fn apply(conn: &mut PgConnection, commit: &Commit<'_>) -> Result<(), StoreError> {
     // A concurrent delivery of the same id (on any host) blocks here until
     // the first commits, then inserts nothing: a duplicate.
     let inserted = sqlx::query(
@@ -126,10 +128,6 @@ pub(super) async fn apply(
         }
     }
     if !commit.events.is_empty() {
-        // Last, so the serialised part (see OUTBOX_LOCK) is as short as it can be.
-        if lock_log {
-            lock_outbox(conn).await?;
-        }
         insert_log(conn, commit.events, commit.module).await?;
     }
     Ok(())
@@ -141,14 +139,14 @@ pub(super) async fn apply(
 /// (class 22) come from what the module wrote, not from the database being
 /// away: they must not leave the message for redelivery for ever.
 pub(super) fn classify(error: StoreError) -> StoreError {
+    if is_race(&error) {
+        return StoreError::Conflict {
+            collection: String::new(),
+            key: String::new(),
+        };
+    }
     if let StoreError::Database(sqlx::Error::Database(db)) = &error {
         match db.code().as_deref() {
-            Some("40P01" | "40001") => {
-                return StoreError::Conflict {
-                    collection: String::new(),
-                    key: String::new(),
-                };
-            }
             Some(code) if code.starts_with("22") => {
                 return StoreError::Refused(db.message().to_string());
             }
@@ -156,6 +154,16 @@ pub(super) fn classify(error: StoreError) -> StoreError {
         }
     }
     error
+}
+
+/// A deadlock (40P01) or serialisation failure (40001): transactions
+/// racing, not a fault; what ran in the transaction can run again.
+pub(super) fn is_race(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Database(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("40P01" | "40001"))
+    )
 }
 
 pub(super) fn version_param(version: u64) -> Result<i64, StoreError> {

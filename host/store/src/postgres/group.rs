@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use switchyard_model::envelope::Envelope;
 
-use super::commit::{apply, classify, commit_alone, version_param};
+use super::commit::{apply, classify, commit_alone, is_race, version_param};
 use super::outbox::{insert_events, lock_outbox};
 use crate::{Commit, StoreError, Write};
 
@@ -157,13 +157,25 @@ async fn commit_group(pool: &PgPool, ordered_log: bool, group: &mut Vec<Queued>)
         Ok(results) => results,
         Err(e) => {
             // The transaction as a whole failed (the connection, the COMMIT):
-            // nothing of the group is stored, and every unit says so.
-            tracing::warn!(error = %e, units, "group commit failed");
+            // nothing of the group is stored, and every unit says so. A
+            // deadlock or serialisation failure is a race like a stale
+            // version: each unit reruns on fresh state.
+            let race = is_race(&e);
+            if !race {
+                tracing::warn!(error = %e, units, "group commit failed");
+            }
             (0..units)
                 .map(|_| {
-                    Err(StoreError::Backend(format!(
-                        "group commit of {units} units failed, none stored: {e}"
-                    )))
+                    if race {
+                        Err(StoreError::Conflict {
+                            collection: String::new(),
+                            key: String::new(),
+                        })
+                    } else {
+                        Err(StoreError::Backend(format!(
+                            "group commit of {units} units failed, none stored: {e}"
+                        )))
+                    }
                 })
                 .collect()
         }
@@ -486,7 +498,7 @@ async fn apply_group(
             sqlx::raw_sql(set).execute(&mut *tx).await?;
         }
         mark = Mark::Here;
-        let result = match apply(&mut tx, &queued.commit.borrowed(), false).await {
+        let result = match apply(&mut tx, &queued.commit.borrowed()).await {
             Ok(()) => {
                 mark = Mark::Behind;
                 Ok(())

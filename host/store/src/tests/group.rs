@@ -313,3 +313,64 @@ async fn postgres_a_caller_that_stops_waiting_neither_loses_nor_repeats_its_unit
     assert_eq!(whole_log(&store, &["left"]).await, ["left-event"]);
     db.drop_database().await;
 }
+
+/// Guards: three stores ("hosts") on one database with the outbox as the
+/// log, all read-modify-writing one document and emitting an event. A
+/// single unit used to take the log lock after its row lock while a group
+/// took it before, so the two could deadlock, and a deadlock that ended a
+/// group's transaction failed every unit of it as `Backend` (a 503). Now
+/// every unit ends `Ok` or `Conflict` (rerun on fresh state), and the
+/// document counts exactly the units that committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_hosts_racing_on_one_document_only_ever_conflict() {
+    let db = TestDatabase::create().await;
+    let options = StoreOptions {
+        ordered_log: true,
+        ..StoreOptions::default()
+    };
+    let mut hosts = Vec::new();
+    for _ in 0..3 {
+        hosts.push(Store::connect_with(&db.url, &options).await.unwrap());
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (h, store) in hosts.iter().enumerate() {
+        for worker in 0..24 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let mut committed = 0u64;
+                for n in 0..15 {
+                    let id = format!("h{h}-w{worker}-{n}");
+                    let (value, base) = match store.get("inventory", "stock", "hot").await.unwrap()
+                    {
+                        Some(doc) => {
+                            let count: u64 = doc.value.parse().unwrap();
+                            ((count + 1).to_string(), doc.version)
+                        }
+                        None => ("1".to_string(), 0),
+                    };
+                    let writes = [put("hot", &value, base)];
+                    let events = [event(&format!("{id}-event"), "hot.events", "{}")];
+                    match store.commit(&commit(&id, &writes, &events)).await {
+                        Ok(()) => committed += 1,
+                        Err(StoreError::Conflict { .. }) => {}
+                        Err(e) => panic!("{id}: {e}"),
+                    }
+                }
+                committed
+            });
+        }
+    }
+    let mut committed = 0;
+    while let Some(result) = tasks.join_next().await {
+        committed += result.unwrap();
+    }
+    let doc = hosts[0]
+        .get("inventory", "stock", "hot")
+        .await
+        .unwrap()
+        .expect("written");
+    assert_eq!(doc.value, committed.to_string());
+    assert_eq!(doc.version, committed);
+    drop(hosts);
+    db.drop_database().await;
+}
