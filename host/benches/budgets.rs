@@ -17,7 +17,6 @@
 //! the instance reached, `host` the peak growth beyond it.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -35,6 +34,8 @@ use switchyard::store::{Commit, Store, Write};
 const SCENARIOS: &[&str] = &["writes", "scan", "answer"];
 const MIB: usize = 1 << 20;
 
+mod support;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--scenario") {
@@ -44,7 +45,7 @@ fn main() -> anyhow::Result<()> {
             .build()?;
         return runtime.block_on(scenario(&name));
     }
-    let wasm = plugins_built()?;
+    let wasm = support::module_built("hostile")?;
     println!("budgets benchmark: host RSS for one hostile message (MiB)");
     println!(
         "  {:<8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  outcome",
@@ -64,17 +65,6 @@ fn main() -> anyhow::Result<()> {
         print!("{text}");
     }
     Ok(())
-}
-
-fn plugins_built() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    switchyard::builder::ensure_wasm_target()?;
-    switchyard::builder::run_command(
-        "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p hostile",
-        &root,
-        "hostile",
-    )?;
-    Ok(root.join("plugins/target/wasm32-wasip2/release/hostile.wasm"))
 }
 
 /// Resident and peak resident memory of this process, in bytes.

@@ -12,7 +12,7 @@
 //! database of its own per run and skips PostgreSQL when it cannot connect.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,8 @@ const MESSAGES: usize = 3_000;
 const SKUS: usize = 100;
 const IN_FLIGHT: usize = 32;
 
+mod support;
+
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -38,19 +40,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run())
 }
 
-fn inventory_built() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    switchyard::builder::ensure_wasm_target()?;
-    switchyard::builder::run_command(
-        "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p inventory",
-        &root,
-        "inventory",
-    )?;
-    Ok(root.join("plugins/target/wasm32-wasip2/release/inventory.wasm"))
-}
-
 async fn run() -> anyhow::Result<()> {
-    let wasm = inventory_built()?;
+    let wasm = support::module_built("inventory")?;
     println!(
         "contention benchmark: {MESSAGES} inventory/restock, one sku (hot) vs {SKUS} skus (spread), {IN_FLIGHT} in flight per host"
     );

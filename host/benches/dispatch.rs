@@ -8,7 +8,7 @@
 //! machines (this one is shared and noisy).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,8 @@ const MESSAGES: usize = 2_000;
 const BARE_CALLS: usize = 5_000;
 const CONCURRENCY: usize = 32;
 
+mod support;
+
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -37,19 +39,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run())
 }
 
-fn plugins_built() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    switchyard::builder::ensure_wasm_target()?;
-    switchyard::builder::run_command(
-        "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p inventory",
-        &root,
-        "inventory",
-    )?;
-    Ok(root.join("plugins/target/wasm32-wasip2/release/inventory.wasm"))
-}
-
 async fn run() -> anyhow::Result<()> {
-    let bench = Bench::load(&plugins_built()?).await?;
+    let bench = Bench::load(&support::module_built("inventory")?).await?;
     println!(
         "dispatch benchmark: inventory/restock, {MESSAGES} messages per round, median of {ROUNDS} rounds"
     );

@@ -3,7 +3,7 @@
 //! then, in the same run, a bare rdkafka consume + commit of them, and the
 //! host applying them through the module with a SQLite write each.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,8 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use switchyard::manifest::Manifest;
+
+mod support;
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -40,7 +42,7 @@ async fn run() -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let (mut broker, address) = start_broker().await?;
-    let wasm = inventory_built()?;
+    let wasm = support::module_built("inventory")?;
     println!("kafka benchmark: {n} restock envelopes, one partition");
 
     let producer: FutureProducer = ClientConfig::new()
@@ -83,17 +85,6 @@ async fn start_broker() -> anyhow::Result<(Child, String)> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok((broker, address))
-}
-
-/// Builds the inventory module for wasm32-wasip2 (release); its path.
-fn inventory_built() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    switchyard::builder::run_command(
-        "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p inventory",
-        &root,
-        "inventory",
-    )?;
-    Ok(root.join("plugins/target/wasm32-wasip2/release/inventory.wasm"))
 }
 
 /// Produces `n` restock envelopes to `topic`, all in flight at once.

@@ -9,7 +9,7 @@
 //! The fixed part is the watcher's quiet period (`watch::QUIET`, 250 ms).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,22 +26,13 @@ const RESTARTS: usize = 5;
 /// Between two swaps, so one swap's file events never merge into the next.
 const SETTLE: Duration = Duration::from_millis(400);
 
+mod support;
+
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(run())
-}
-
-fn plugins_built() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    switchyard::builder::ensure_wasm_target()?;
-    switchyard::builder::run_command(
-        "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p inventory",
-        &root,
-        "inventory",
-    )?;
-    Ok(root.join("plugins/target/wasm32-wasip2/release/inventory.wasm"))
 }
 
 /// The same component with one more custom section: same code, new sha256.
@@ -79,7 +70,7 @@ fn sha256(bytes: &[u8]) -> String {
 const MANIFEST: &str = "[modules.inventory]\nfile = \"inventory.wasm\"\ntopics = [\"inventory\"]\nemits = [\"inventory.events\"]\n";
 
 async fn run() -> anyhow::Result<()> {
-    let wasm = std::fs::read(plugins_built()?)?;
+    let wasm = std::fs::read(support::module_built("inventory")?)?;
     let dir = tempfile::tempdir()?;
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins)?;

@@ -6,7 +6,7 @@
 //! XADD-to-commit latency at a steady rate.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -17,6 +17,8 @@ use switchyard::manifest::Manifest;
 use switchyard::store::{Commit, Store, Write};
 
 const BATCH: usize = 100;
+
+mod support;
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -41,7 +43,7 @@ async fn run() -> anyhow::Result<()> {
         .get_multiplexed_async_connection()
         .await
         .context("redis")?;
-    let wasm = inventory_built()?;
+    let wasm = support::module_built("inventory")?;
     let tag = envelope::new_id().replace('-', "");
     println!("stream benchmark: {n} restock entries, batches of {BATCH}");
 
@@ -75,17 +77,6 @@ async fn run() -> anyhow::Result<()> {
         .query_async(&mut conn)
         .await?;
     Ok(())
-}
-
-/// Builds the inventory module for wasm32-wasip2 (release); its path.
-fn inventory_built() -> anyhow::Result<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    switchyard::builder::run_command(
-        "cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml -p inventory",
-        &root,
-        "inventory",
-    )?;
-    Ok(root.join("plugins/target/wasm32-wasip2/release/inventory.wasm"))
 }
 
 /// 1. The broker alone: read and ack every entry of `key`.

@@ -351,9 +351,8 @@ impl Dispatcher {
     /// the partition lock (if any) and before a slot, never the other way
     /// round, and a message holds at most one: no waiting in a circle.
     fn hot_key_queue(&self, module: &str, collection: &str, key: &str) -> Arc<Mutex<()>> {
-        let mut h = self.hasher.build_hasher();
-        (module, collection, key).hash(&mut h);
-        let index = usize::try_from(h.finish() % HOT_KEY_STRIPES as u64).unwrap_or(0);
+        let hash = self.hasher.hash_one((module, collection, key));
+        let index = usize::try_from(hash % HOT_KEY_STRIPES as u64).unwrap_or(0);
         self.hot_keys[index].clone()
     }
 

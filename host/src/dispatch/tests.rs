@@ -468,7 +468,7 @@ type Interference = Box<dyn FnOnce(&MemoryStore) + Send>;
 /// just before the next commit, or document reads failing while the inbox
 /// and commits still work.
 #[derive(Default)]
-pub(super) struct Scripted {
+struct Scripted {
     memory: Arc<MemoryStore>,
     /// Runs once, just before the next commit.
     before_commit: Mutex<Option<Interference>>,
@@ -545,7 +545,7 @@ impl MessageStore for Scripted {
     }
 }
 
-pub(super) async fn scripted_inventory() -> (Arc<Scripted>, Harness) {
+async fn scripted_inventory() -> (Arc<Scripted>, Harness) {
     let scripted = Arc::new(Scripted::default());
     let memory = scripted.memory.clone();
     let h = Harness::over(&["inventory"], INVENTORY, memory, scripted.clone()).await;
