@@ -3,7 +3,8 @@
 //! until the host has applied them all (one read, one write, one event each,
 //! SQLite), beside, in the same run, a bare XREADGROUP + XACK loop over the
 //! same entries and a bare store loop committing the same rows; then the
-//! XADD-to-commit latency at a steady rate.
+//! XADD-to-commit latency at a steady rate. `STREAM_BENCH_ONLY_HOST=1` runs
+//! the host phase alone (for `perf record`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -47,6 +48,12 @@ async fn run() -> anyhow::Result<()> {
     let tag = envelope::new_id().replace('-', "");
     println!("stream benchmark: {n} restock entries, batches of {BATCH}");
 
+    if std::env::var_os("STREAM_BENCH_ONLY_HOST").is_some() {
+        // For profiling the host's phase alone (`perf record`).
+        let hosted = host_stream(&mut conn, &url, &tag, &wasm, n).await?;
+        hosted.host.stop().await;
+        return Ok(());
+    }
     let bare_key = format!("bench{tag}:bare");
     let bare = bare_redis(&mut conn, &bare_key, n).await?;
     // The stores stay open to the end: closing one stops its writer and
