@@ -15,8 +15,70 @@ use crate::{DeadLetter, StoreError};
 /// Renders a timestamp the way the SQLite store stores it (RFC 3339, UTC).
 const RFC3339: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"#;
 
+/// Whether PostgreSQL refused a value (SQLSTATE class 22, data exception:
+/// e.g. a NUL character, which neither `text` nor `jsonb` can hold).
+fn refused_value(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Database(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| c.starts_with("22"))
+    )
+}
+
+/// `text` with each NUL character replaced by U+FFFD.
+fn nul_free(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+/// `value` with each NUL character in its strings and keys replaced by U+FFFD.
+fn nul_free_json(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(nul_free(s)),
+        Value::Array(items) => Value::Array(items.iter().map(nul_free_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (nul_free(k), nul_free_json(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 impl PostgresStore {
+    /// Records a dead letter and a failure event together. A message that
+    /// PostgreSQL cannot hold as it is (a NUL character in its envelope or
+    /// error text) is recorded with each NUL replaced by U+FFFD: refusing it
+    /// would leave the failure unrecorded and the message redelivered for
+    /// ever.
     pub async fn record_failure(
+        &self,
+        dead_letter: Option<&DeadLetter>,
+        failure_event: Option<&Envelope>,
+    ) -> Result<(), StoreError> {
+        match self.record_failure_as_is(dead_letter, failure_event).await {
+            Err(e) if refused_value(&e) => {
+                let letter = dead_letter.map(|d| DeadLetter {
+                    envelope: nul_free_json(&d.envelope),
+                    error_message: nul_free(&d.error_message),
+                    ..d.clone()
+                });
+                let event = failure_event.map(|e| Envelope {
+                    headers: e
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (nul_free(k), nul_free(v)))
+                        .collect(),
+                    ..e.clone()
+                });
+                self.record_failure_as_is(letter.as_ref(), event.as_ref())
+                    .await
+            }
+            result => result,
+        }
+    }
+
+    async fn record_failure_as_is(
         &self,
         dead_letter: Option<&DeadLetter>,
         failure_event: Option<&Envelope>,

@@ -75,3 +75,44 @@ pub(super) async fn dead_letters_are_listed_replaced_and_marked_replayed(store: 
     );
     assert!(store.dead_letter("nope").await.unwrap().is_none());
 }
+
+/// Guards: a message holding NUL characters (valid JSON `\u0000`, a NUL in
+/// the error text or a header) is still recorded as a dead letter with its
+/// failure event. PostgreSQL's `jsonb` and `text` refuse NUL; the failure
+/// used to stay unrecorded (a store error), so a stream redelivered the
+/// message for ever. Both stores record it; PostgreSQL with U+FFFD in place
+/// of each NUL.
+pub(super) async fn a_failure_holding_nul_characters_is_recorded(store: Store) {
+    let letter = DeadLetter {
+        id: "dl-nul".into(),
+        module: "orders".into(),
+        message_id: "m-nul".into(),
+        topic: "orders".into(),
+        subtopic: "place".into(),
+        envelope: serde_json::json!({"id": "m-nul", "topic": "orders", "body": {"sku": "a\u{0}b"}}),
+        error_kind: "invalid".into(),
+        error_message: "unknown sku a\u{0}b".into(),
+        attempts: 1,
+        created_at: String::new(),
+        replayed_at: None,
+    };
+    let mut failed = event(
+        "f-nul",
+        "orders.failed",
+        r#"{"message":"unknown sku a\u0000b"}"#,
+    );
+    failed.headers.insert("cause".into(), "a\u{0}b".into());
+    store
+        .record_failure(Some(&letter), Some(&failed))
+        .await
+        .unwrap();
+    let listed = store
+        .dead_letter("dl-nul")
+        .await
+        .unwrap()
+        .expect("recorded");
+    let sku = listed.envelope["body"]["sku"].as_str().unwrap_or_default();
+    assert!(sku == "a\u{0}b" || sku == "a\u{FFFD}b", "{sku:?}");
+    assert!(listed.error_message.starts_with("unknown sku a"));
+    assert_eq!(whole_log(&store, &["orders.failed"]).await, ["f-nul"]);
+}

@@ -162,5 +162,6 @@ store_tests!(
     log::a_log_reader_racing_concurrent_commits_misses_nothing,
     log::published_entries_leave_the_relay_queue_and_dropped_claims_return,
     dead_letters::dead_letters_are_listed_replaced_and_marked_replayed,
+    dead_letters::a_failure_holding_nul_characters_is_recorded,
     retention::pruning_forgets_old_ids_and_keeps_what_a_reader_still_needs,
 );
