@@ -18,20 +18,11 @@ use serde_json::json;
 use crate::kafka_reload::create_topics;
 use crate::kafka_topics::{Broker, envelope, kiwis};
 use crate::reload::edit_manifest;
-use crate::support::{Project, eventually};
+use crate::support::{INVENTORY_ALONE, Project, eventually};
 
 /// From subscribe to first message tansu takes about 5 s; slack for a
 /// loaded 2-core machine and a debug build.
 const CONSUMED: Duration = Duration::from_secs(60);
-
-const INVENTORY: &str = r#"
-[modules.inventory]
-file = "inventory.wasm"
-topics = ["inventory"]
-subscribes = []
-emits = ["inventory.events"]
-backoff-ms = 5
-"#;
 
 fn restock(qty: u64) -> String {
     envelope("inventory", "restock", json!({"sku": "kiwi", "qty": qty}))
@@ -76,7 +67,10 @@ async fn delete_topic(broker: &Broker, topic: &str) {
 async fn a_recreated_topics_records_are_not_taken_for_the_earlier_topics() {
     let broker = Broker::start();
     create_topics(&broker, &["inventory"]).await;
-    let project = Project::new(&["inventory"], &format!("{}{INVENTORY}", broker.section()));
+    let project = Project::new(
+        &["inventory"],
+        &format!("{}{INVENTORY_ALONE}", broker.section()),
+    );
     let producer = broker.producer();
     let host = project.start().await;
     let first = broker
@@ -118,7 +112,7 @@ async fn a_record_committed_under_its_offset_id_before_an_upgrade_is_not_applied
     let broker = Broker::start();
     create_topics(&broker, &["inventory"]).await;
     // First without Kafka: the host only creates the database.
-    let project = Project::new(&["inventory"], INVENTORY);
+    let project = Project::new(&["inventory"], INVENTORY_ALONE);
     project.start().await.stop().await;
 
     let producer = broker.producer();

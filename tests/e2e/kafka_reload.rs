@@ -28,23 +28,13 @@ use serde_json::{Value, json};
 
 use crate::kafka_topics::{Broker, envelope, three_partitions};
 use crate::reload::{edit_manifest, install, module};
-use crate::support::{Project, TestHost, eventually, wasm};
+use crate::support::{INVENTORY_ALONE, Project, TestHost, eventually, wasm};
 
 /// From subscribe to first message tansu takes about 5 s; a loaded 2-core
 /// machine, a rebalance and a debug build need a lot more slack.
 const CONSUMED: Duration = Duration::from_secs(60);
 /// SPEC §8 promises 2 s for a reload; slack for a loaded machine.
 const TAKES_EFFECT: Duration = Duration::from_secs(10);
-
-/// inventory as in the examples, but subscribed to no event topic.
-const INVENTORY_WITHOUT_EVENTS: &str = r#"
-[modules.inventory]
-file = "inventory.wasm"
-topics = ["inventory"]
-subscribes = []
-emits = ["inventory.events"]
-backoff-ms = 5
-"#;
 
 /// orders as in the examples (`support::EXAMPLES`), alone.
 const ORDERS: &str = r#"
@@ -208,7 +198,7 @@ async fn a_subscription_added_by_a_live_manifest_edit_is_consumed_from_kafka_wit
     create_topics(&broker, &["inventory", "orders.events"]).await;
     let project = Project::new(
         &["inventory"],
-        &format!("{}{INVENTORY_WITHOUT_EVENTS}", broker.section()),
+        &format!("{}{INVENTORY_ALONE}", broker.section()),
     );
     let host = project.start().await;
     let producer = broker.producer();

@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use crate::redis_streams::{Streams, redis_url};
 use crate::support::{
-    EXAMPLES, FAULTY, Project, drop_postgres_database, eventually, postgres_database, query_count,
+    EXAMPLES, FAULTY, INVENTORY_ALONE, Project, drop_postgres_database, eventually,
+    postgres_database, query_count,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,15 +205,6 @@ async fn scalar(pool: &sqlx::PgPool, sql: &str) -> i64 {
         .expect("query")
 }
 
-const INVENTORY_ONLY: &str = r#"
-[modules.inventory]
-file = "inventory.wasm"
-topics = ["inventory"]
-subscribes = []
-emits = ["inventory.events"]
-backoff-ms = 5
-"#;
-
 const RESTOCKS: usize = 10_000;
 const SKUS: usize = 50;
 
@@ -230,7 +222,7 @@ struct Run {
 async fn scale_out(hosts: usize, kill_one: bool) -> Run {
     let streams = Streams::new().await;
     let db = postgres_database().await;
-    let entries = format!("{}{INVENTORY_ONLY}", streams.section(2_000));
+    let entries = format!("{}{INVENTORY_ALONE}", streams.section(2_000));
     let project = Project::with_database(&["inventory"], &entries, &db);
     let pool = sqlx::PgPool::connect(&db).await.unwrap();
 
@@ -362,7 +354,7 @@ async fn postgres_relay_another_host_publishes_what_a_dead_claimer_held() {
     let db = postgres_database().await;
     let project = Project::with_database(
         &["inventory"],
-        &format!("{}{INVENTORY_ONLY}", streams.section(2_000)),
+        &format!("{}{INVENTORY_ALONE}", streams.section(2_000)),
         &db,
     );
     // Host A's Redis accepts connections and never answers: A's relay claims

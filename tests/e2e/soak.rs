@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::redis_streams::{Streams, project_with};
-use crate::support::{FAULTY, spawn_host, try_query_count};
+use crate::support::{FAULTY, INVENTORY_ALONE, spawn_host, try_query_count};
 
 const RESTOCKS: usize = 20_000;
 const SKUS: usize = 100;
@@ -19,15 +19,6 @@ const FAULTY_MESSAGES: usize = 1_000;
 /// One faulty message in this many traps (on every attempt).
 const TRAP_EVERY: usize = 10;
 const KILLS: usize = 10;
-
-const INVENTORY: &str = r#"
-[modules.inventory]
-file = "inventory.wasm"
-topics = ["inventory"]
-subscribes = []
-emits = ["inventory.events"]
-backoff-ms = 5
-"#;
 
 /// A small xorshift generator: the kill moments, repeatable from the seed.
 struct Moments(u64);
@@ -93,7 +84,7 @@ async fn ten_sigkills_while_consuming_lose_nothing_and_apply_nothing_twice() {
     let project = project_with(
         &streams,
         &["inventory", "faulty"],
-        &format!("{INVENTORY}{FAULTY}"),
+        &format!("{INVENTORY_ALONE}{FAULTY}"),
         1_000,
     );
     fill(&streams).await;

@@ -58,6 +58,17 @@ backoff-ms = 5
 currency = "EUR"
 "#;
 
+/// The inventory example alone, subscribed to no event topic (the tests
+/// that drive it directly from a stream, the log or Kafka).
+pub const INVENTORY_ALONE: &str = r#"
+[modules.inventory]
+file = "inventory.wasm"
+topics = ["inventory"]
+subscribes = []
+emits = ["inventory.events"]
+backoff-ms = 5
+"#;
+
 pub const FAULTY: &str = r#"
 [modules.faulty]
 file = "faulty.wasm"
