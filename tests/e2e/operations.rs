@@ -401,6 +401,56 @@ async fn message(host: &TestHost, id: &str) -> (u16, Value) {
     host.admin(Method::GET, &format!("/v1/messages/{id}")).await
 }
 
+/// A query over HTTP commits nothing (README "Queries over HTTP commit
+/// nothing"): its id again runs again on the state of that moment and is
+/// not a duplicate, the message's status does not know it; the same query
+/// appended with `?wait=false` is handled from the log and keeps its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_http_runs_again_and_leaves_no_trace() {
+    let project = Project::new(&["orders", "inventory"], EXAMPLES);
+    let host = project.start().await;
+    let restock = |id: &str| json!({"id": id, "topic": "inventory", "subtopic": "restock", "body": {"sku": "pear", "qty": 2}});
+    assert_eq!(host.send(restock("r-1")).await.0, 200);
+    let query =
+        json!({"id": "q-1", "topic": "inventory", "subtopic": "get", "body": {"sku": "pear"}});
+    let (status, first) = host.send(query.clone()).await;
+    assert_eq!(
+        (status, &first["status"]),
+        (200, &json!("processed")),
+        "{first}"
+    );
+    assert_eq!(first["output"]["available"], 2);
+    assert_eq!(message(&host, "q-1").await.0, 404, "no inbox row");
+
+    assert_eq!(host.send(restock("r-2")).await.0, 200);
+    let (status, again) = host.send(query).await;
+    assert_eq!(
+        (status, &again["status"]),
+        (200, &json!("processed")),
+        "{again}"
+    );
+    assert_eq!(
+        again["output"]["available"], 4,
+        "run again, on today's state"
+    );
+    // A command's id stays a duplicate.
+    assert_eq!(host.send(restock("r-2")).await.1["status"], "duplicate");
+
+    let (status, _) = host
+        .post_raw(
+            "/v1/messages?wait=false",
+            json!({"id": "q-log", "topic": "inventory", "subtopic": "get", "body": {"sku": "pear"}})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(status, 202);
+    eventually("q-log processed", Duration::from_secs(10), || async {
+        (message(&host, "q-log").await.1["status"] == "processed").then_some(())
+    })
+    .await;
+    host.stop().await;
+}
+
 // Two workers: `slow` spins on one while the other answers the lookup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_message_answers_for_each_state() {
