@@ -51,6 +51,28 @@ pub enum Write {
     },
 }
 
+impl Write {
+    /// The document written: (collection, key).
+    pub fn document(&self) -> (&str, &str) {
+        let (Write::Put {
+            collection, key, ..
+        }
+        | Write::Delete {
+            collection, key, ..
+        }) = self;
+        (collection, key)
+    }
+
+    /// The error of this write finding its document at another version.
+    pub fn conflict(&self) -> StoreError {
+        let (collection, key) = self.document();
+        StoreError::Conflict {
+            collection: collection.to_string(),
+            key: key.to_string(),
+        }
+    }
+}
+
 /// Everything one successfully handled message commits at once.
 #[derive(Debug)]
 pub struct Commit<'a> {

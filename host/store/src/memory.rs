@@ -117,10 +117,7 @@ impl MemoryStore {
             let current = state.documents.get(&id).map_or(0, |d| d.version);
             let deleting_nothing = matches!(write, Write::Delete { .. }) && current == 0;
             if current != base || deleting_nothing {
-                return Err(StoreError::Conflict {
-                    collection: collection.clone(),
-                    key: key.clone(),
-                });
+                return Err(write.conflict());
             }
         }
         for write in commit.writes {

@@ -115,16 +115,7 @@ pub(super) async fn apply(conn: &mut PgConnection, commit: &Commit<'_>) -> Resul
             .rows_affected(),
         };
         if applied != 1 {
-            let (Write::Put {
-                collection, key, ..
-            }
-            | Write::Delete {
-                collection, key, ..
-            }) = write;
-            return Err(StoreError::Conflict {
-                collection: collection.clone(),
-                key: key.clone(),
-            });
+            return Err(write.conflict());
         }
     }
     if !commit.events.is_empty() {

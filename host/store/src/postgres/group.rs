@@ -202,12 +202,7 @@ async fn apply_batched(
     let mut documents = HashSet::new();
     for queued in group {
         for write in &queued.commit.writes {
-            let (Write::Put {
-                collection, key, ..
-            }
-            | Write::Delete {
-                collection, key, ..
-            }) = write;
+            let (collection, key) = write.document();
             if !documents.insert((&queued.commit.module, collection, key)) {
                 return Ok(None);
             }
@@ -527,13 +522,8 @@ async fn apply_group(
 /// The first document a unit writes, to order units by.
 fn first_document(commit: &OwnedCommit) -> Option<(&str, &str, &str)> {
     commit.writes.first().map(|write| {
-        let (Write::Put {
-            collection, key, ..
-        }
-        | Write::Delete {
-            collection, key, ..
-        }) = write;
-        (commit.module.as_str(), collection.as_str(), key.as_str())
+        let (collection, key) = write.document();
+        (commit.module.as_str(), collection, key)
     })
 }
 

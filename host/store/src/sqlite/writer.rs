@@ -222,16 +222,7 @@ fn apply(conn: &Connection, commit: &OwnedCommit, now: &str) -> Result<(), Store
                 ])?,
         };
         if applied != 1 {
-            let (Write::Put {
-                collection, key, ..
-            }
-            | Write::Delete {
-                collection, key, ..
-            }) = write;
-            return Err(StoreError::Conflict {
-                collection: collection.clone(),
-                key: key.clone(),
-            });
+            return Err(write.conflict());
         }
     }
     for event in &commit.events {
