@@ -9,7 +9,7 @@
 //!
 //! PostgreSQL: `SWITCHYARD_BENCH_POSTGRES` (default
 //! `postgres://postgres@127.0.0.1:5432/postgres`); the bench creates a
-//! database of its own per run and skips PostgreSQL when it cannot connect.
+//! database of its own per run and fails when it cannot connect.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,12 +20,9 @@ use anyhow::Context;
 use sqlx::Connection;
 use switchyard::dispatch::Dispatcher;
 use switchyard::envelope::{self, Envelope};
-use switchyard::manifest::Manifest;
 use switchyard::metrics::{CONFLICTS, Metrics};
 use switchyard::outcome::Outcome;
-use switchyard::registry::{LoadedModule, Registry};
-use switchyard::sandbox::engine::Engine;
-use switchyard::store::Store;
+use switchyard::registry::LoadedModule;
 
 const MESSAGES: usize = 3_000;
 const SKUS: usize = 100;
@@ -46,14 +43,18 @@ async fn run() -> anyhow::Result<()> {
         "contention benchmark: {MESSAGES} inventory/restock, one sku (hot) vs {SKUS} skus (spread), {IN_FLIGHT} in flight per host"
     );
     let dir = tempfile::tempdir()?;
-    let mut databases = vec![(
-        "SQLite",
-        format!("sqlite://{}", dir.path().join("bench.db").display()),
-    )];
-    match postgres_database().await {
-        Ok(url) => databases.push(("PostgreSQL", url)),
-        Err(e) => println!("  PostgreSQL skipped: {e:#}"),
-    }
+    let databases = [
+        (
+            "SQLite",
+            format!("sqlite://{}", dir.path().join("bench.db").display()),
+        ),
+        (
+            "PostgreSQL",
+            postgres_database()
+                .await
+                .context("PostgreSQL (SWITCHYARD_BENCH_POSTGRES; .ci/run starts it)")?,
+        ),
+    ];
     let mut run = 0usize;
     for (name, url) in &databases {
         for hosts in [1, 3] {
@@ -153,29 +154,17 @@ impl Hosts {
 
 impl Host {
     async fn start(wasm: &Path, database: &str) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
-        std::fs::create_dir_all(dir.path().join("plugins"))?;
-        std::fs::copy(wasm, dir.path().join("plugins/inventory.wasm"))?;
-        let manifest_text = format!(
+        let manifest = format!(
             "[host]\ndatabase = \"{database}\"\n[modules.inventory]\nfile = \"inventory.wasm\"\nemits = [\"inventory.events\"]\nbackoff-ms = 1\n"
         );
-        let manifest = Manifest::parse(&dir.path().join("plugins.toml"), &manifest_text)?;
-        let store = Store::connect(&manifest.host.database).await?;
-        let engine = Arc::new(Engine::new()?);
-        let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(Registry::new(metrics.clone()));
-        let routes = registry.load(&engine, &manifest, None).await;
-        anyhow::ensure!(
-            routes.problems.is_empty(),
-            "load problems: {:?}",
-            routes.problems
-        );
-        let module = routes
-            .modules
-            .get("inventory")
-            .cloned()
-            .context("inventory loaded")?;
-        registry.replace(routes);
+        let support::Loaded {
+            engine,
+            store,
+            registry,
+            metrics,
+            module,
+            dir,
+        } = support::load(wasm, "inventory", &manifest).await?;
         let dispatcher = Arc::new(Dispatcher::new(
             engine,
             Arc::new(store),

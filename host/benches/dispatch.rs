@@ -12,10 +12,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use switchyard::dispatch::Dispatcher;
 use switchyard::envelope::{self, Envelope};
-use switchyard::manifest::{Manifest, OtlpProtocol, TelemetrySettings};
+use switchyard::manifest::{OtlpProtocol, TelemetrySettings};
 use switchyard::metrics::Metrics;
 use switchyard::outcome::Outcome;
 use switchyard::registry::{Grants, LoadedModule, Registry};
@@ -74,29 +73,16 @@ struct Bench {
 
 impl Bench {
     async fn load(wasm: &Path) -> anyhow::Result<Bench> {
-        let dir = tempfile::tempdir()?;
-        std::fs::create_dir_all(dir.path().join("plugins"))?;
-        std::fs::copy(wasm, dir.path().join("plugins/inventory.wasm"))?;
-        let manifest_text =
+        let manifest =
             "[modules.inventory]\nfile = \"inventory.wasm\"\nemits = [\"inventory.events\"]\n";
-        let manifest = Manifest::parse(&dir.path().join("plugins.toml"), manifest_text)?;
-
-        let store = Store::connect(&manifest.host.database).await?;
-        let engine = Arc::new(Engine::new()?);
-        let metrics = Arc::new(Metrics::new());
-        let registry = Arc::new(Registry::new(metrics.clone()));
-        let routes = registry.load(&engine, &manifest, None).await;
-        anyhow::ensure!(
-            routes.problems.is_empty(),
-            "load problems: {:?}",
-            routes.problems
-        );
-        let module = routes
-            .modules
-            .get("inventory")
-            .cloned()
-            .context("inventory loaded")?;
-        registry.replace(routes);
+        let support::Loaded {
+            engine,
+            store,
+            registry,
+            metrics,
+            module,
+            dir,
+        } = support::load(wasm, "inventory", manifest).await?;
         let dispatcher = Arc::new(new_dispatcher(&engine, &store, &registry, &metrics));
         Ok(Bench {
             engine,
