@@ -431,7 +431,7 @@ async fn check(manifest: &Manifest) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let findings = lint_modules(&engine, manifest, &routes).await;
+    let findings = lint_modules(manifest, &routes).await;
     for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
         eprintln!("{f}");
     }
@@ -471,11 +471,7 @@ async fn check(manifest: &Manifest) -> anyhow::Result<ExitCode> {
 /// The module lints of `check` (see [`crate::lint`]): every component file
 /// against the host's world, every loaded manifest module's `describe`
 /// against its entry.
-async fn lint_modules(
-    engine: &Engine,
-    manifest: &Manifest,
-    routes: &crate::registry::Routes,
-) -> Vec<lint::Finding> {
+async fn lint_modules(manifest: &Manifest, routes: &crate::registry::Routes) -> Vec<lint::Finding> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     let named = manifest
         .modules
@@ -503,28 +499,14 @@ async fn lint_modules(
     }
     for m in routes.modules.values() {
         let Some(entry) = &m.entry else { continue };
-        let probe = Arc::new(switchyard_model::grants::Grants {
-            name: m.name.clone(),
-            ..Default::default()
-        });
-        match engine
-            .describe(&m.pre, probe, m.limits.max_memory_mb, m.limits.timeout)
-            .await
-        {
-            Ok(d) => {
-                let declared = lint::Declared {
-                    topics: d.topics,
-                    subscribes: d.subscribes,
-                    emits: d.emits,
-                };
-                findings.extend(lint::grants(&m.name, &declared, entry));
-            }
-            Err(e) => findings.push(lint::Finding {
-                severity: Severity::Error,
-                module: m.name.clone(),
-                message: format!("describe failed: {e}"),
-            }),
-        }
+        // What `describe` declared when the module loaded.
+        let d = &m.contract.declared;
+        let declared = lint::Declared {
+            topics: d.topics.clone(),
+            subscribes: d.subscribes.clone(),
+            emits: d.emits.clone(),
+        };
+        findings.extend(lint::grants(&m.name, &declared, entry));
     }
     findings
 }

@@ -10,9 +10,10 @@ use wasmparser::{ComponentTypeRef, Encoding, Parser, Payload};
 
 use switchyard_model::manifest::ModuleEntry;
 
-/// The WIT the host was built with; its `package` line is the version a
-/// module must be built against.
-const WIT_SOURCE: &str = include_str!("../../wit/switchyard.wit");
+/// The interfaces every module imports, whichever world version it was
+/// built against (0.2.0 changed only `describe`); its `package` line is the
+/// version a module's imports must have.
+const WIT_SOURCE: &str = include_str!("../../wit/deps/switchyard-module-0.1.0/switchyard.wit");
 
 /// How bad a finding is: errors make `switchyard check` fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,8 +150,9 @@ pub fn world(module: &str, bytes: &[u8]) -> Vec<Finding> {
     }
     for other in other_versions {
         findings.push(error(format!(
-            "built against {package}@{other}, but this host implements {package}@{version}: \
-             rebuild the module against this host's wit/switchyard.wit"
+            "imports interfaces of {package}@{other}, but this host provides those of \
+             {package}@{version} (worlds 0.1.0 and 0.2.0 both import them): rebuild the \
+             module against this host's wit/ folder"
         )));
     }
     let missing: Vec<&str> = ["describe", "handle"]

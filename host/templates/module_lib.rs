@@ -6,18 +6,18 @@ use switchyard_sdk::{Ctx, Error, Module};
 
 const EVENTS: &str = "{{name}}.events";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct Create {
     id: String,
     note: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct Get {
     id: String,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, schemars::JsonSchema)]
 struct Item {
     id: String,
     note: String,

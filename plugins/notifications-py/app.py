@@ -6,8 +6,8 @@ collection (the text a customer would be sent, and the history of what
 happened). Owns command topic `notifications`: `get {order_id}` answers the
 document.
 
-Written against the same WIT world as the Rust modules
-(`wit/switchyard.wit`, world `module`) and built into a component with
+Written against world `module` of WIT switchyard:module@0.1.0
+(`wit/deps/switchyard-module-0.1.0`: untyped, no schemas) and built into a component with
 componentize-py (see README.md beside this file).
 """
 

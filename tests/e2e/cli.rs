@@ -101,11 +101,7 @@ async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
     )
     .unwrap();
     copy_tree(&root.join("plugins/sdk/src"), &plugins.join("sdk/src"));
-    std::fs::copy(
-        root.join("wit/switchyard.wit"),
-        dir.path().join("wit/switchyard.wit"),
-    )
-    .unwrap();
+    copy_tree(&root.join("wit"), &dir.path().join("wit"));
     let workspace = std::fs::read_to_string(root.join("plugins/Cargo.toml")).unwrap();
     let start = workspace.find("members = [").unwrap();
     let end = start + workspace[start..].find(']').unwrap() + 1;
@@ -289,7 +285,7 @@ fn check_says_which_wit_version_a_module_was_built_against() {
     assert!(!ok);
     assert!(
         stderr.contains(
-            "module orders: built against switchyard:module@0.0.9, but this host implements switchyard:module@0.1.0"
+            "module orders: imports interfaces of switchyard:module@0.0.9, but this host provides those of switchyard:module@0.1.0"
         ),
         "{stderr}"
     );

@@ -9,6 +9,7 @@ mod cli;
 mod concurrency;
 mod connections;
 mod console;
+mod contracts;
 mod failures;
 #[cfg(feature = "kafka")]
 mod kafka_ids;

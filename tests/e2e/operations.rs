@@ -503,7 +503,7 @@ async fn get_message_answers_for_each_state() {
         handling["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("missing field"),
+            .contains(r#"body: "sku" is a required property"#),
         "{m}"
     );
     let (_, letters) = host

@@ -19,7 +19,7 @@ backoff-ms = 5
 "#;
 
 /// The build command of the repository's plugins.toml.
-const BUILD: &str = "componentize-py -d wit -w module componentize -p plugins/notifications-py app \
+const BUILD: &str = "componentize-py -d wit/deps/switchyard-module-0.1.0 -w module componentize -p plugins/notifications-py app \
                      -o plugins/target/python/notifications.wasm";
 
 /// Builds the Python component once per test run, as `switchyard build`

@@ -8,6 +8,7 @@ use crate::registry::LoadedModule;
 use crate::sandbox::bindings::switchyard::module::types as wit;
 use crate::sandbox::engine::EPOCH_TICK;
 use crate::sandbox::uow::{MessageMeta, UnitOfWork};
+use switchyard_model::contract::Direction;
 use switchyard_model::envelope::Envelope;
 use switchyard_model::grants::clip;
 use switchyard_model::outcome::{Answer, FailureKind};
@@ -43,6 +44,9 @@ impl Dispatcher {
         keep: Keep,
         trace: &trace::Handling,
     ) -> Attempt {
+        if let Err(refused) = check_body(module, envelope) {
+            return refused;
+        }
         let slot = self
             .slots
             .acquire(&module.name, module.limits.max_concurrency)
@@ -126,6 +130,23 @@ impl Dispatcher {
         keep: Keep,
     ) -> Attempt {
         let (writes, events) = uow.into_parts();
+        for event in &events {
+            let checked = module.contract.check(
+                Direction::Emits,
+                &event.topic,
+                &event.subtopic,
+                event.body_text(),
+            );
+            if let Err(problem) = checked {
+                return Attempt::Failed(
+                    FailureKind::Invalid,
+                    format!(
+                        "emitted event {}/{} does not match its declared schema: {problem}",
+                        event.topic, event.subtopic
+                    ),
+                );
+            }
+        }
         let answer = Answer {
             output,
             events: events.iter().map(event_json).collect(),
@@ -205,6 +226,37 @@ impl Dispatcher {
             )),
         }
     }
+}
+
+/// Checks the body against the schema the module declared for this
+/// command (or consumed event), before any instance exists: a body that
+/// does not match fails as `invalid` with the paths and rules it broke.
+fn check_body(module: &LoadedModule, envelope: &Envelope) -> Result<(), Attempt> {
+    if !module.contract.validates() {
+        return Ok(());
+    }
+    let direction = if module.topics.contains(&envelope.topic) {
+        Direction::Command
+    } else {
+        Direction::Consumes
+    };
+    module
+        .contract
+        .check(
+            direction,
+            &envelope.topic,
+            &envelope.subtopic,
+            envelope.body_text(),
+        )
+        .map_err(|problem| {
+            Attempt::Failed(
+                FailureKind::Invalid,
+                format!(
+                    "body of {}/{} does not match its schema: {problem}",
+                    envelope.topic, envelope.subtopic
+                ),
+            )
+        })
 }
 
 /// The JSON `handle` answered, if it fits the module's `max-answer-bytes`:

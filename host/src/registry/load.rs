@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::contract::Contract;
 use super::module::{LoadedModule, ModuleLimits, Probation, Source};
 use super::routes::resolve;
 use super::{LoadProblem, Registry, Routes, locked};
@@ -284,7 +285,7 @@ impl Loader<'_> {
             name: name.to_string(),
             ..Grants::default()
         });
-        let descriptor = self
+        let (descriptor, world) = self
             .engine
             .describe(&pre, probe, limits.max_memory_mb, limits.timeout)
             .await
@@ -299,6 +300,7 @@ impl Loader<'_> {
                 .map_err(|e| format!("describe declares topic {topic:?}: {e}"))?;
         }
         let name = module_name(name, entry, &descriptor.name)?;
+        let contract = Arc::new(Contract::from_descriptor(&descriptor, world)?);
         let topics = entry
             .and_then(|e| e.topics.clone())
             .unwrap_or(descriptor.topics);
@@ -334,6 +336,7 @@ impl Loader<'_> {
             limits,
             grants,
             pre,
+            contract,
             entry: entry.cloned(),
             rollback_after,
             ok: AtomicU64::new(0),

@@ -4,6 +4,7 @@
 //! a reload recompiles only what changed, and a new version that fails its
 //! first messages is rolled back to the version it replaced.
 
+pub mod contract;
 mod load;
 pub mod module;
 pub mod reload;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::contract::Contract;
 use crate::sandbox::bindings::GuestPre;
 use crate::sandbox::state::HostState;
 use switchyard_model::grants::Grants;
@@ -95,6 +96,8 @@ pub struct LoadedModule {
     pub limits: ModuleLimits,
     pub grants: Arc<Grants>,
     pub pre: GuestPre<HostState>,
+    /// What its `describe` declared, with the compiled body validators.
+    pub contract: Arc<Contract>,
     pub stats: Arc<ModuleStats>,
     /// The manifest entry it was loaded with: a reload keeps this module
     /// as it is when the entry and the file's sha256 are unchanged.

@@ -11,7 +11,7 @@ use wasmtime::{
     Config, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimitsBuilder, UpdateDeadline,
 };
 
-use super::bindings::{self, Guest, GuestPre};
+use super::bindings::{self, GuestPre, WorldVersion};
 use super::state::HostState;
 use super::uow::UnitOfWork;
 use switchyard_model::grants::Grants;
@@ -76,11 +76,8 @@ impl Engine {
         // link those, with nothing behind them (no env, stdin, files, network).
         super::capabilities::wasi::add_to_linker(&mut linker)
             .map_err(|e| EngineError::Config(format!("{e:#}")))?;
-        Guest::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(|e| EngineError::Config(format!("{e:#}")))?;
+        bindings::add_to_linker(&mut linker, |s| s)
+            .map_err(|e| EngineError::Config(format!("{e:#}")))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
@@ -192,14 +189,15 @@ impl Engine {
         store
     }
 
-    /// Instantiates the module and asks it what it is.
+    /// Instantiates the module and asks it what it is (a 0.1.0 module
+    /// declares no messages), and which world it was built against.
     pub async fn describe(
         &self,
         pre: &GuestPre<HostState>,
         grants: Arc<Grants>,
         max_memory_mb: u64,
         timeout: Duration,
-    ) -> Result<bindings::switchyard::module::types::Descriptor, EngineError> {
+    ) -> Result<(bindings::v2::Descriptor, WorldVersion), EngineError> {
         let mut store = self.new_store(UnitOfWork::detached(grants), max_memory_mb, timeout);
         let call = async {
             let guest = pre.instantiate_async(&mut store).await?;

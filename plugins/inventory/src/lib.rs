@@ -1,37 +1,53 @@
 //! The inventory module: stock per sku. Owns topic `inventory`; reserves stock
 //! when `orders.events`/`placed` arrives and says so on `inventory.events`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use switchyard_sdk::{Ctx, Error, Module};
 
 const STOCK: &str = "stock";
 const EVENTS: &str = "inventory.events";
 
-#[derive(Serialize, Deserialize)]
+/// The stock of one sku.
+#[derive(Serialize, Deserialize, JsonSchema)]
 struct Stock {
     sku: String,
     available: u64,
 }
 
-#[derive(Deserialize)]
+/// Adds `qty` units of `sku` to the stock.
+#[derive(Deserialize, JsonSchema)]
 struct Restock {
+    /// The stock-keeping unit, e.g. `apple`.
     sku: String,
+    /// Units received; at least 1.
     qty: u64,
 }
 
-#[derive(Deserialize)]
+/// The stock of one sku.
+#[derive(Deserialize, JsonSchema)]
 struct Get {
     sku: String,
 }
 
-#[derive(Deserialize)]
+/// An order was placed: reserve its stock.
+#[derive(Deserialize, JsonSchema)]
 struct OrderPlaced {
     order_id: String,
     sku: String,
     qty: u64,
 }
 
-#[derive(Serialize)]
+/// Stock was added.
+#[derive(Serialize, JsonSchema)]
+struct Restocked<'a> {
+    sku: &'a str,
+    qty: u64,
+    available: u64,
+}
+
+/// Stock set aside for an order (`reserved`), or not enough of it (`out-of-stock`).
+#[derive(Serialize, JsonSchema)]
 struct Reservation<'a> {
     order_id: &'a str,
     sku: &'a str,
@@ -44,7 +60,9 @@ fn module() -> Module {
         .command("inventory", "restock", restock)
         .command("inventory", "get", get)
         .on_event("orders.events", "placed", reserve)
-        .emits(EVENTS)
+        .emits_event::<Restocked>(EVENTS, "restocked")
+        .emits_event::<Reservation>(EVENTS, "reserved")
+        .emits_event::<Reservation>(EVENTS, "out-of-stock")
 }
 
 switchyard_sdk::export_module!(module);
@@ -68,7 +86,11 @@ fn restock(ctx: &Ctx, cmd: Restock) -> Result<Stock, Error> {
     ctx.emit_with_headers(
         EVENTS,
         "restocked",
-        &serde_json::json!({"sku": stock.sku, "qty": cmd.qty, "available": stock.available}),
+        &Restocked {
+            sku: &stock.sku,
+            qty: cmd.qty,
+            available: stock.available,
+        },
         &[("partition-key", &stock.sku)],
     )?;
     Ok(stock)

@@ -3,13 +3,15 @@
 //! order as `placed` and emits `orders.events`/`placed`; the answer from
 //! inventory (`reserved` / `out-of-stock`) confirms or rejects it.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use switchyard_sdk::{Ctx, Error, Module};
 
 const ORDERS: &str = "orders";
 const EVENTS: &str = "orders.events";
 
-#[derive(Serialize, Deserialize)]
+/// An order and where it stands: `placed`, then `confirmed` or `rejected`.
+#[derive(Serialize, Deserialize, JsonSchema)]
 struct Order {
     order_id: String,
     sku: String,
@@ -21,20 +23,22 @@ struct Order {
     reason: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// Places an order for `qty` units of `sku`.
+#[derive(Deserialize, JsonSchema)]
 struct Place {
     order_id: String,
     sku: String,
     qty: u64,
 }
 
-#[derive(Deserialize)]
+/// An order by its id.
+#[derive(Deserialize, JsonSchema)]
 struct Get {
     order_id: String,
 }
 
 /// What inventory says about an order.
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 struct StockAnswer {
     order_id: String,
     #[serde(default)]
@@ -44,6 +48,20 @@ struct StockAnswer {
 /// Just enough of inventory's stock document to know the sku exists.
 #[derive(Deserialize)]
 struct Stock {}
+
+/// An order was placed.
+#[derive(Serialize, JsonSchema)]
+struct Placed<'a> {
+    order_id: &'a str,
+    sku: &'a str,
+    qty: u64,
+}
+
+/// An order was settled (`confirmed` or `rejected`).
+#[derive(Serialize, JsonSchema)]
+struct Settled<'a> {
+    order_id: &'a str,
+}
 
 fn module() -> Module {
     Module::new("orders", env!("CARGO_PKG_VERSION"))
@@ -59,7 +77,9 @@ fn module() -> Module {
             "out-of-stock",
             |ctx: &Ctx, a: StockAnswer| settle(ctx, a, "rejected"),
         )
-        .emits(EVENTS)
+        .emits_event::<Placed>(EVENTS, "placed")
+        .emits_event::<Settled>(EVENTS, "confirmed")
+        .emits_event::<Settled>(EVENTS, "rejected")
 }
 
 switchyard_sdk::export_module!(module);
@@ -92,7 +112,11 @@ fn place(ctx: &Ctx, cmd: Place) -> Result<Order, Error> {
     ctx.emit_with_headers(
         EVENTS,
         "placed",
-        &serde_json::json!({"order_id": order.order_id, "sku": order.sku, "qty": order.qty}),
+        &Placed {
+            order_id: &order.order_id,
+            sku: &order.sku,
+            qty: order.qty,
+        },
         &[("partition-key", &order.order_id)],
     )?;
     Ok(order)
@@ -126,7 +150,9 @@ fn settle(ctx: &Ctx, answer: StockAnswer, status: &str) -> Result<(), Error> {
     ctx.emit_with_headers(
         EVENTS,
         status,
-        &serde_json::json!({"order_id": answer.order_id}),
+        &Settled {
+            order_id: &answer.order_id,
+        },
         &[("partition-key", &answer.order_id)],
     )?;
     Ok(())

@@ -4,7 +4,7 @@
 
 use crate::EmitError;
 use crate::Imports;
-use crate::bindings::switchyard::module::{
+use crate::imports::{
     clock, config, events, log,
     repository::{self, Document, RepoError},
 };

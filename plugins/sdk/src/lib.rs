@@ -17,13 +17,15 @@
 //! [`testing::Kit`]); nothing else changes.
 //!
 //! ```
+//! use schemars::JsonSchema;
 //! use serde::{Deserialize, Serialize};
 //! use switchyard_sdk::{Ctx, Error, Module};
 //!
-//! #[derive(Deserialize)]
+//! /// Adds stock of one sku.
+//! #[derive(Deserialize, JsonSchema)]
 //! struct Restock { sku: String, qty: u64 }
 //!
-//! #[derive(Serialize, Deserialize)]
+//! #[derive(Serialize, Deserialize, JsonSchema)]
 //! struct Stock { sku: String, available: u64 }
 //!
 //! fn restock(ctx: &Ctx, cmd: Restock) -> Result<Stock, Error> {
@@ -42,7 +44,7 @@
 //! fn module() -> Module {
 //!     Module::new("inventory", "0.1.0")
 //!         .command("inventory", "restock", restock)
-//!         .emits("inventory.events")
+//!         .emits_event::<Stock>("inventory.events", "restocked")
 //! }
 //! // In the module crate: the component's `describe` and `handle`.
 //! switchyard_sdk::export_module!(module);
@@ -60,6 +62,7 @@ use std::fmt;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use schemars::Schema;
 
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
@@ -74,6 +77,8 @@ pub mod bindings {
         export_macro_name: "__export_guest",
         default_bindings_module: "switchyard_sdk::bindings",
         runtime_path: "switchyard_sdk::__wit_bindgen::rt",
+        // The imports are interfaces of the 0.1.0 package (a dependency).
+        generate_all,
     });
 }
 
@@ -82,14 +87,18 @@ mod host;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-use bindings::switchyard::module::{
+/// The imported interfaces (`switchyard:module@0.1.0`; WIT 0.2.0 changed
+/// only `describe`).
+use bindings::switchyard::module0_1_0 as imports;
+use bindings::{Descriptor, Direction, Envelope, HandleError, MessageContract};
+use imports::{
     log as host_log,
     repository::{self, Document},
-    types::{Descriptor, Envelope, HandleError},
 };
 
-pub use bindings::switchyard::module::events::EmitError;
-pub use bindings::switchyard::module::repository::RepoError;
+pub use imports::events::EmitError;
+pub use imports::repository::RepoError;
+pub use schemars::JsonSchema;
 
 /// What [`Ctx`] calls: the WIT imports inside a component, the in-memory
 /// fake of [`testing`] natively. The signatures are the WIT functions'.
@@ -480,10 +489,27 @@ fn decode_doc<T: DeserializeOwned>(
 
 type Handler = Box<dyn Fn(&Ctx, &str) -> Result<String, Error>>;
 
+/// Makes a JSON Schema; called only by `describe`, so building a
+/// [`Module`] for each message costs nothing for the schemas.
+type SchemaFn = fn() -> Schema;
+
+fn schema_of<T: JsonSchema>() -> Schema {
+    schemars::schema_for!(T)
+}
+
 struct Route {
     topic: String,
     subtopic: String,
     handler: Handler,
+    body: SchemaFn,
+    answer: Option<SchemaFn>,
+}
+
+/// An event the module declares it emits, with its body's type.
+struct Emitted {
+    topic: String,
+    subtopic: String,
+    body: SchemaFn,
 }
 
 /// A module: its identity and its typed handlers.
@@ -497,6 +523,7 @@ pub struct Module {
     commands: Vec<Route>,
     events: Vec<Route>,
     emits: Vec<String>,
+    emitted: Vec<Emitted>,
 }
 
 impl Module {
@@ -509,31 +536,55 @@ impl Module {
             commands: Vec::new(),
             events: Vec::new(),
             emits: Vec::new(),
+            emitted: Vec::new(),
         }
     }
 
     /// Handles command `topic`/`subtopic`; the module owns `topic` (no other
     /// module may). The body is parsed into `C`; a body that does not parse
     /// is [`Error::Invalid`]. The handler's `R` is the command's answer.
+    ///
+    /// `describe` declares the JSON Schemas of `C` and `R` (derive
+    /// [`JsonSchema`] beside `Deserialize`; doc comments become
+    /// descriptions, the first line of `C`'s the command's summary): the
+    /// host refuses a body that does not match before it runs the module,
+    /// and publishes the schemas in its AsyncAPI and OpenAPI documents.
     pub fn command<C, R, F>(mut self, topic: &str, subtopic: &str, handler: F) -> Self
     where
-        C: DeserializeOwned,
-        R: Serialize,
+        C: DeserializeOwned + JsonSchema,
+        R: Serialize + JsonSchema,
         F: Fn(&Ctx, C) -> Result<R, Error> + 'static,
     {
-        self.commands.push(route(topic, subtopic, handler));
+        let mut route = route(topic, subtopic, handler);
+        route.answer = Some(schema_of::<R>);
+        self.commands.push(route);
         self
     }
 
     /// Handles event `topic`/`subtopic`; the module subscribes to `topic`.
     /// Other subtopics of a subscribed topic are acknowledged and ignored.
+    /// `describe` declares `E`'s schema, as for a command's body.
     pub fn on_event<E, R, F>(mut self, topic: &str, subtopic: &str, handler: F) -> Self
     where
-        E: DeserializeOwned,
+        E: DeserializeOwned + JsonSchema,
         R: Serialize,
         F: Fn(&Ctx, E) -> Result<R, Error> + 'static,
     {
         self.events.push(route(topic, subtopic, handler));
+        self
+    }
+
+    /// Declares event `topic`/`subtopic` with a body of type `T` (and the
+    /// topic among [`Module::emits`]): `describe` publishes its schema and
+    /// the host checks every such event the module emits against it, failing
+    /// the message as [`Error::Invalid`] when one does not match.
+    pub fn emits_event<T: JsonSchema>(mut self, topic: &str, subtopic: &str) -> Self {
+        self = self.emits(topic);
+        self.emitted.push(Emitted {
+            topic: topic.to_string(),
+            subtopic: subtopic.to_string(),
+            body: schema_of::<T>,
+        });
         self
     }
 
@@ -558,13 +609,56 @@ impl Module {
 
     #[doc(hidden)]
     pub fn __describe(&self) -> Descriptor {
+        let routes = |routes: &[Route], direction: Direction| {
+            routes
+                .iter()
+                .map(|r| {
+                    contract(
+                        direction,
+                        &r.topic,
+                        &r.subtopic,
+                        (r.body)(),
+                        r.answer.map(|a| a()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut messages = routes(&self.commands, Direction::Command);
+        messages.extend(routes(&self.events, Direction::Consumes));
+        messages.extend(
+            self.emitted
+                .iter()
+                .map(|e| contract(Direction::Emits, &e.topic, &e.subtopic, (e.body)(), None)),
+        );
         Descriptor {
             name: self.name.clone(),
             version: self.version.clone(),
             topics: distinct_topics(&self.commands),
             subscribes: distinct_topics(&self.events),
             emits: self.emits.clone(),
+            messages,
         }
+    }
+
+    /// The JSON Schema `describe` declares for a command's or event's body
+    /// (`answer`: for a command's answer), if the module declares one.
+    pub fn schema(&self, topic: &str, subtopic: &str, answer: bool) -> Option<serde_json::Value> {
+        let route = self
+            .commands
+            .iter()
+            .chain(&self.events)
+            .find(|r| r.topic == topic && r.subtopic == subtopic);
+        let schema = match (route, answer) {
+            (Some(r), false) => Some((r.body)()),
+            (Some(r), true) => r.answer.map(|a| a()),
+            (None, false) => self
+                .emitted
+                .iter()
+                .find(|e| e.topic == topic && e.subtopic == subtopic)
+                .map(|e| (e.body)()),
+            (None, true) => None,
+        };
+        schema.map(Schema::to_value)
     }
 
     #[doc(hidden)]
@@ -613,9 +707,35 @@ impl Module {
     }
 }
 
+/// One entry of `describe`'s `messages`.
+fn contract(
+    direction: Direction,
+    topic: &str,
+    subtopic: &str,
+    body: Schema,
+    answer: Option<Schema>,
+) -> MessageContract {
+    // The body type's doc comment, first line.
+    let summary = body
+        .get("description")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|d| d.lines().next())
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    MessageContract {
+        direction,
+        topic: topic.to_string(),
+        subtopic: subtopic.to_string(),
+        summary,
+        body_schema: Some(body.to_value().to_string()),
+        answer_schema: answer.map(|a| a.to_value().to_string()),
+    }
+}
+
 fn route<C, R, F>(topic: &str, subtopic: &str, handler: F) -> Route
 where
-    C: DeserializeOwned,
+    C: DeserializeOwned + JsonSchema,
     R: Serialize,
     F: Fn(&Ctx, C) -> Result<R, Error> + 'static,
 {
@@ -630,6 +750,8 @@ where
             serde_json::to_string(&output)
                 .map_err(|e| Error::invalid(format!("result of {label} does not serialise: {e}")))
         }),
+        body: schema_of::<C>,
+        answer: None,
     }
 }
 
@@ -661,16 +783,14 @@ macro_rules! export_module {
         struct __SwitchyardModule;
 
         impl $crate::bindings::Guest for __SwitchyardModule {
-            fn describe() -> $crate::bindings::switchyard::module::types::Descriptor {
+            fn describe() -> $crate::bindings::Descriptor {
                 $build().__describe()
             }
 
             fn handle(
-                message: $crate::bindings::switchyard::module::types::Envelope,
-            ) -> ::core::result::Result<
-                ::std::string::String,
-                $crate::bindings::switchyard::module::types::HandleError,
-            > {
+                message: $crate::bindings::Envelope,
+            ) -> ::core::result::Result<::std::string::String, $crate::bindings::HandleError>
+            {
                 $build().__handle(message)
             }
         }

@@ -444,7 +444,7 @@ impl Kit {
     }
 
     /// The module's `describe`: name, version, topics, subscriptions, emits.
-    pub fn describe(&self) -> crate::bindings::switchyard::module::types::Descriptor {
+    pub fn describe(&self) -> crate::bindings::Descriptor {
         self.module.__describe()
     }
 }

@@ -66,7 +66,12 @@ pub struct ModuleContract {
 
 impl ModuleContract {
     /// The declaration of `topic`/`subtopic` in `direction`, if any.
-    pub fn find(&self, direction: Direction, topic: &str, subtopic: &str) -> Option<&MessageContract> {
+    pub fn find(
+        &self,
+        direction: Direction,
+        topic: &str,
+        subtopic: &str,
+    ) -> Option<&MessageContract> {
         self.messages
             .iter()
             .find(|m| m.direction == direction && m.topic == topic && m.subtopic == subtopic)

@@ -34,6 +34,16 @@ fn module_json(
         "peak_memory_bytes": m.stats.peak_memory.load(std::sync::atomic::Ordering::Relaxed),
         "last_error": last_error,
         "rolled_back_from": rolled_back_from,
+        // WIT 0.2.0 modules declare their messages' schemas; 0.1.0 ones
+        // are untyped (nothing validated, no payloads in the documents).
+        "contract": if m.contract.declared.typed { "typed" } else { "untyped" },
+        "messages": m.contract.declared.messages.iter().map(|c| json!({
+            "direction": c.direction,
+            "topic": c.topic,
+            "subtopic": c.subtopic,
+            "summary": c.summary,
+            "schema": c.body.is_some(),
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -13,7 +13,7 @@ use super::rules::{
     check_key, check_prefix, check_write_bytes, fit_scan, valid_name,
 };
 use super::{DEFAULT_NOW_MS, Event, LogLine};
-use crate::bindings::switchyard::module::repository::Document;
+use crate::imports::repository::Document;
 use crate::{EmitError, Imports, Level, RepoError};
 
 #[derive(Debug, Clone, PartialEq)]

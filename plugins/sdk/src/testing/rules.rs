@@ -3,7 +3,7 @@
 //! of a module (`max-write-bytes`, `max-scan-bytes` in plugins.toml).
 
 use crate::RepoError;
-use crate::bindings::switchyard::module::repository::Document;
+use crate::imports::repository::Document;
 
 /// Longest collection name, in bytes (as the host).
 pub const MAX_COLLECTION_LEN: usize = 128;

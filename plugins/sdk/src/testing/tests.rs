@@ -5,7 +5,7 @@ use serde_json::json;
 use super::*;
 use crate::RepoError;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 struct Bump {
     key: String,
     expected: Option<u64>,

@@ -1,0 +1,165 @@
+//! Contracts (WIT 0.2.0): a module's declared schemas are checked by the
+//! host before any instance exists, emitted events against theirs, and
+//! `GET /v1/modules` says which modules are typed.
+
+use serde_json::{Value, json};
+
+use crate::support::{EXAMPLES, Project, TestHost};
+
+/// Instances of `module` created so far, from `/metrics`.
+async fn instantiations(host: &TestHost, module: &str) -> u64 {
+    let text = host
+        .client
+        .get(format!("{}/metrics", host.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("switchyard_instantiation_duration_seconds_count{{module=\"{module}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+fn error_message(answer: &Value) -> &str {
+    answer["error"]["message"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_the_schema_is_refused_with_its_path_before_any_instance() {
+    let project = Project::new(&["orders", "inventory"], EXAMPLES);
+    let host = project.start().await;
+    let (status, answer) = host
+        .command("inventory", "restock", json!({"sku": "apple", "qty": 5}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let before = instantiations(&host, "inventory").await;
+    assert!(before >= 1);
+
+    let cases = [
+        (
+            json!({"sku": "apple", "qty": -1}),
+            "/qty: -1 is less than the minimum of 0",
+        ),
+        (
+            json!({"sku": "apple", "qty": "five"}),
+            r#"/qty: "five" is not of type "integer""#,
+        ),
+        (
+            json!({"sku": "apple"}),
+            r#"body: "qty" is a required property"#,
+        ),
+        (json!([1, 2]), r#"body: [1,2] is not of type "object""#),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = host.command("inventory", "restock", body.clone()).await;
+        assert_eq!(status, 422, "{body}: {answer}");
+        assert_eq!(answer["error"]["kind"], "invalid", "{answer}");
+        let message = error_message(&answer);
+        assert!(
+            message.contains("body of inventory/restock does not match its schema")
+                && message.contains(expected),
+            "{body}: {message}"
+        );
+    }
+    // Refused by the host: the module never ran.
+    assert_eq!(instantiations(&host, "inventory").await, before);
+
+    // As any invalid message: a dead letter, nothing written.
+    let (status, letters) = host
+        .admin(reqwest::Method::GET, "/v1/dead-letters?topic=inventory")
+        .await;
+    assert_eq!(status, 200, "{letters}");
+    assert_eq!(
+        letters["dead_letters"].as_array().unwrap().len(),
+        4,
+        "{letters}"
+    );
+    let (_, stock) = host
+        .command("inventory", "get", json!({"sku": "apple"}))
+        .await;
+    assert_eq!(stock["output"]["available"], 5, "{stock}");
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn modules_say_what_they_declare() {
+    let project = Project::new(&["orders", "inventory"], EXAMPLES);
+    let host = project.start().await;
+    let (status, modules) = host.get("/v1/modules").await;
+    assert_eq!(status, 200);
+    let inventory = modules["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "inventory")
+        .unwrap();
+    assert_eq!(inventory["contract"], "typed");
+    let declared: Vec<String> = inventory["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {}/{}",
+                m["direction"].as_str().unwrap(),
+                m["topic"].as_str().unwrap(),
+                m["subtopic"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in [
+        "command inventory/restock",
+        "command inventory/get",
+        "consumes orders.events/placed",
+        "emits inventory.events/restocked",
+        "emits inventory.events/reserved",
+        "emits inventory.events/out-of-stock",
+    ] {
+        assert!(
+            declared.iter().any(|d| d == expected),
+            "{expected}: {declared:?}"
+        );
+    }
+    let restock = inventory["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["subtopic"] == "restock")
+        .unwrap();
+    // The command type's doc comment.
+    assert_eq!(
+        restock["summary"],
+        "Adds `qty` units of `sku` to the stock."
+    );
+
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn an_emitted_event_off_its_schema_fails_the_message_and_commits_nothing() {
+    let project = Project::new(&["faulty"], crate::support::FAULTY);
+    let host = project.start().await;
+    let (status, answer) = host
+        .command("faulty", "off-contract", json!({"key": "k1"}))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    let message = error_message(&answer);
+    assert!(
+        message.contains("emitted event faulty.events/written does not match its declared schema")
+            && message.contains(r#"/key: 42 is not of type "string""#),
+        "{message}"
+    );
+    // The note it wrote before emitting was rolled back with the event.
+    let (status, answer) = host.command("faulty", "get", json!({"key": "k1"})).await;
+    assert_eq!((status, &answer["output"]), (200, &Value::Null), "{answer}");
+    let events = crate::support::query_count(
+        &project.db_url(),
+        "SELECT COUNT(*) FROM outbox WHERE topic = 'faulty.events'",
+    )
+    .await;
+    assert_eq!(events, 0);
+    host.stop().await;
+}
