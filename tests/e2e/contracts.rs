@@ -163,3 +163,126 @@ async fn an_emitted_event_off_its_schema_fails_the_message_and_commits_nothing()
     assert_eq!(events, 0);
     host.stop().await;
 }
+
+/// Runs one of the real validators of `tests/tools` on `document`.
+fn validate(tool: &str, document: &Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("document.json");
+    std::fs::write(&file, document.to_string()).unwrap();
+    let script = crate::support::repo_root().join("tests/tools").join(tool);
+    let program = if tool.ends_with(".mjs") {
+        "node"
+    } else {
+        "python3"
+    };
+    let out = std::process::Command::new(program)
+        .arg(&script)
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program} {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{tool} refused the document:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `GET /v1/asyncapi.json` and `GET /v1/openapi.json` of a host serving the
+/// examples (and `untyped`, WIT 0.1.0 modules): both pass the real
+/// validators and list every example command and event.
+pub async fn documents_validate_and_list_the_examples(host: &TestHost, untyped: &[&str]) {
+    let (status, asyncapi) = host.get("/v1/asyncapi.json").await;
+    assert_eq!(status, 200, "{asyncapi}");
+    validate("validate-asyncapi.mjs", &asyncapi);
+    let (status, openapi) = host.get("/v1/openapi.json").await;
+    assert_eq!(status, 200, "{openapi}");
+    validate("validate-openapi.py", &openapi);
+
+    assert_eq!(asyncapi["asyncapi"], "3.0.0");
+    for topic in ["inventory", "orders", "orders.events", "inventory.events"] {
+        assert!(
+            asyncapi["channels"].get(topic).is_some(),
+            "channel {topic}: {asyncapi}"
+        );
+    }
+    for (topic, subtopic) in [
+        ("inventory", "restock"),
+        ("inventory", "get"),
+        ("orders", "place"),
+        ("orders", "get"),
+        ("inventory.events", "restocked"),
+        ("inventory.events", "reserved"),
+        ("inventory.events", "out-of-stock"),
+        ("orders.events", "placed"),
+        ("orders.events", "confirmed"),
+        ("orders.events", "rejected"),
+    ] {
+        let messages = &asyncapi["channels"][topic]["messages"];
+        assert!(
+            messages.get(subtopic).is_some(),
+            "{topic}/{subtopic}: {messages}"
+        );
+    }
+    let restock = &asyncapi["components"]["messages"]["inventory.restock"];
+    assert_eq!(
+        restock["payload"]["properties"]["qty"]["minimum"], 0,
+        "{restock}"
+    );
+    for command in [
+        "inventory/restock",
+        "inventory/get",
+        "orders/place",
+        "orders/get",
+    ] {
+        let path = &openapi["paths"][format!("/v1/topics/{command}")]["post"];
+        assert!(path.get("requestBody").is_some(), "{command}: {openapi}");
+        assert!(path["responses"].get("422").is_some(), "{command}: {path}");
+    }
+    let (_, modules) = host.get("/v1/modules").await;
+    for m in modules["modules"].as_array().unwrap() {
+        let name = m["name"].as_str().unwrap();
+        let expected = if untyped.contains(&name) {
+            "untyped"
+        } else {
+            "typed"
+        };
+        assert_eq!(m["contract"], expected, "{name}: {m}");
+        if untyped.contains(&name) {
+            // Its topics are in the documents, without payloads.
+            for topic in m["topics"].as_array().unwrap() {
+                let topic = topic.as_str().unwrap();
+                assert!(asyncapi["channels"].get(topic).is_some(), "{topic}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_documents_follow_a_reload() {
+    let project = Project::new(&["inventory"], crate::support::INVENTORY_ALONE);
+    let host = project.start().await;
+    let (_, asyncapi) = host.get("/v1/asyncapi.json").await;
+    assert!(asyncapi["channels"].get("orders").is_none(), "{asyncapi}");
+    // orders joins: the documents name its commands at once.
+    std::fs::copy(
+        crate::support::wasm("orders"),
+        project.dir.path().join("plugins/orders.wasm"),
+    )
+    .unwrap();
+    let manifest = std::fs::read_to_string(project.manifest_path()).unwrap();
+    std::fs::write(
+        project.manifest_path(),
+        format!("{manifest}\n[modules.orders]\nfile = \"orders.wasm\"\nreads = [\"inventory\"]\n"),
+    )
+    .unwrap();
+    let (status, answer) = host.admin(reqwest::Method::POST, "/v1/admin/reload").await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, openapi) = host.get("/v1/openapi.json").await;
+    assert!(
+        openapi["paths"].get("/v1/topics/orders/place").is_some(),
+        "{openapi}"
+    );
+    validate("validate-openapi.py", &openapi);
+    host.stop().await;
+}

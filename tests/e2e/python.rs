@@ -69,6 +69,10 @@ async fn the_python_module_turns_the_sagas_events_into_notifications() {
         "the Python module is loaded: {modules}"
     );
 
+    // A WIT 0.1.0 module beside 0.2.0 ones: untyped, in the documents
+    // without payloads, and the documents still validate.
+    crate::contracts::documents_validate_and_list_the_examples(&host, &["notifications"]).await;
+
     crate::saga::saga(&host).await;
 
     let o1 = eventually("o1's notification", Duration::from_secs(20), || async {

@@ -278,6 +278,11 @@ pub async fn start(manifest: Manifest, listener: TcpListener) -> anyhow::Result<
             reloader: reloader.clone(),
             admin_token: admin_token(&manifest),
             brokers: brokers.all.clone(),
+            servers: switchyard_model::contract::document::Servers {
+                http: None,
+                redis: manifest.redis.as_ref().map(|r| r.url.clone()),
+                kafka: manifest.kafka.as_ref().map(|k| k.brokers.clone()),
+            },
         },
     );
 

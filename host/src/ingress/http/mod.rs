@@ -4,6 +4,7 @@
 
 mod console;
 mod dead_letters;
+mod documents;
 mod guard;
 mod messages;
 mod operations;
@@ -45,6 +46,8 @@ pub struct ApiState {
     /// Configured brokers, the one events go to first: `wait=false` appends
     /// there; readiness checks them all.
     pub brokers: Vec<Broker>,
+    /// The brokers as the AsyncAPI document names them (no passwords).
+    pub servers: switchyard_model::contract::document::Servers,
 }
 
 /// An error answer: `{"error":{"kind","message"}}`. Internal details are
@@ -99,6 +102,8 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/v1/messages/{id}", get(status::message_status))
         .route("/v1/dead-letters/replay", post(dead_letters::replay_topic))
         .route("/v1/topics", get(topics::list_topics))
+        .route("/v1/asyncapi.json", get(documents::asyncapi))
+        .route("/v1/openapi.json", get(documents::openapi))
         .route("/console", get(console::page))
         .route("/console/", get(console::page))
         .route("/console/config.json", get(console::config))

@@ -56,6 +56,7 @@ impl Api {
             reloader: Arc::new(reloader),
             admin_token: admin.map(str::to_string),
             brokers: Vec::new(),
+            servers: Default::default(),
         };
         Self {
             _dir: dir,
