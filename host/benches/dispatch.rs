@@ -43,7 +43,8 @@ async fn run() -> anyhow::Result<()> {
     println!(
         "dispatch benchmark: inventory/restock, {MESSAGES} messages per round, median of {ROUNDS} rounds"
     );
-    bare_sandbox(&bench).await;
+    let bare = bare_sandbox(&bench).await;
+    validation_cost(&bench, bare).await;
     if std::env::var_os("DISPATCH_BENCH_ONLY_BARE").is_some() {
         // For profiling the sandbox alone (`perf record`).
         return Ok(());
@@ -191,6 +192,51 @@ async fn telemetry_cost(bench: &Bench, round: &mut usize) -> anyhow::Result<(Dur
 }
 
 /// One figure as per-message time and rate; `label` pads the columns.
+/// What checking a restock body against inventory's declared schema
+/// (WIT 0.2.0) costs per message: parsing it into a JSON value plus the
+/// compiled validator, beside the parse alone and beside the bare
+/// instantiate + `handle` it saves for a refused body.
+async fn validation_cost(bench: &Bench, bare: Duration) {
+    const CHECKS: usize = 100_000;
+    let body = r#"{"sku":"apple","qty":5}"#;
+    let contract = bench.module.contract.clone();
+    let checked = median(ROUNDS, || {
+        let contract = contract.clone();
+        async move {
+            let start = Instant::now();
+            for _ in 0..CHECKS {
+                let ok = contract.check(
+                    switchyard::contract::Direction::Command,
+                    "inventory",
+                    "restock",
+                    std::hint::black_box(body),
+                );
+                assert!(ok.is_ok());
+            }
+            start.elapsed() / CHECKS as u32
+        }
+    })
+    .await;
+    let parsed = median(ROUNDS, || async {
+        let start = Instant::now();
+        for _ in 0..CHECKS {
+            let v: serde_json::Value =
+                serde_json::from_str(std::hint::black_box(body)).expect("json");
+            std::hint::black_box(v);
+        }
+        start.elapsed() / CHECKS as u32
+    })
+    .await;
+    println!(
+        "  schema check of a restock body (parse + validate): {:>6.2} us/msg; parse alone {:.2} us; \
+         {:.1}% of a bare instantiate + handle ({:.1} us)",
+        checked.as_secs_f64() * 1e6,
+        parsed.as_secs_f64() * 1e6,
+        checked.as_secs_f64() / bare.as_secs_f64() * 100.0,
+        bare.as_secs_f64() * 1e6
+    );
+}
+
 fn print_rate(label: &str, per_message: Duration) {
     println!(
         "{label}{:>8.1} us/msg  {:>9.0} msgs/s",

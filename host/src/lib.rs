@@ -42,6 +42,6 @@ pub mod sandbox;
 pub mod telemetry;
 
 // The model crate's modules, under the names they had when they lived here.
-pub use switchyard_model::{envelope, grants, manifest, outcome, trace};
+pub use switchyard_model::{contract, envelope, grants, manifest, outcome, trace};
 /// The store crate, under the name it had when it lived here.
 pub use switchyard_store as store;

@@ -286,3 +286,189 @@ async fn the_documents_follow_a_reload() {
     validate("validate-openapi.py", &openapi);
     host.stop().await;
 }
+
+/// `inventory` as `GET /v1/modules` lists it.
+async fn inventory(host: &TestHost) -> Value {
+    let (_, modules) = host.get("/v1/modules").await;
+    modules["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "inventory")
+        .cloned()
+        .unwrap()
+}
+
+/// Puts `fixture`'s component in place of inventory.wasm and reloads.
+async fn replace_inventory(project: &Project, host: &TestHost, fixture: &str) {
+    std::fs::copy(
+        crate::support::wasm(fixture),
+        project.dir.path().join("plugins/inventory.wasm"),
+    )
+    .unwrap();
+    let (status, answer) = host.admin(reqwest::Method::POST, "/v1/admin/reload").await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn a_reload_that_would_refuse_accepted_bodies_is_refused_unless_allowed() {
+    let project = Project::new(&["inventory"], crate::support::INVENTORY_ALONE);
+    let host = project.start().await;
+    let serving = inventory(&host).await["version"].clone();
+
+    // A new required field: refused, the difference named, the old version serves.
+    replace_inventory(&project, &host, "inventory_strict").await;
+    let m = crate::support::eventually(
+        "the refusal",
+        std::time::Duration::from_secs(20),
+        || async {
+            let m = inventory(&host).await;
+            m["last_error"].is_string().then_some(m)
+        },
+    )
+    .await;
+    let error = m["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("refused: version 0.3.0-strict would refuse messages version")
+            && error.contains("inventory/restock: /warehouse")
+            && error.contains("allow-breaking = true"),
+        "{error}"
+    );
+    assert_eq!(m["version"], serving, "{m}");
+    let (status, answer) = host
+        .command("inventory", "restock", json!({"sku": "apple", "qty": 5}))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+
+    // A new optional field: compatible, loads.
+    replace_inventory(&project, &host, "inventory_extended").await;
+    crate::support::eventually(
+        "the compatible version",
+        std::time::Duration::from_secs(20),
+        || async { (inventory(&host).await["version"] == "0.2.0-extended").then_some(()) },
+    )
+    .await;
+    let (status, answer) = host
+        .command(
+            "inventory",
+            "restock",
+            json!({"sku": "apple", "qty": 1, "note": "late"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["output"]["stock"]["available"], 6, "{answer}");
+
+    // The operator says the break is intended: it loads.
+    let manifest = std::fs::read_to_string(project.manifest_path()).unwrap();
+    std::fs::write(
+        project.manifest_path(),
+        manifest.replace("backoff-ms = 5", "backoff-ms = 5\nallow-breaking = true"),
+    )
+    .unwrap();
+    replace_inventory(&project, &host, "inventory_strict").await;
+    crate::support::eventually(
+        "the allowed breaking version",
+        std::time::Duration::from_secs(20),
+        || async { (inventory(&host).await["version"] == "0.3.0-strict").then_some(()) },
+    )
+    .await;
+    let (status, answer) = host
+        .command("inventory", "restock", json!({"sku": "apple", "qty": 1}))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        error_message(&answer).contains(r#""warehouse" is a required property"#),
+        "{answer}"
+    );
+    host.stop().await;
+}
+
+/// `switchyard check` with the next version in place of inventory.wasm.
+fn check_next(fixture: &str, args: &[&str]) -> (bool, String) {
+    // Topics and subscriptions as describe declares them.
+    let entry = "[modules.inventory]\nfile = \"inventory.wasm\"\nemits = [\"inventory.events\"]\n";
+    let project = Project::new(&["inventory"], entry);
+    std::fs::copy(
+        crate::support::wasm(fixture),
+        project.dir.path().join("plugins/inventory.wasm"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(project.manifest_path())
+        .arg("check")
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_compares_a_build_with_a_previous_file_or_a_running_host() {
+    let serving = crate::support::wasm("inventory").display().to_string();
+    let previous = format!("inventory={serving}");
+    let (ok, text) = check_next("inventory_strict", &["--previous", &previous]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("contract inventory: would refuse messages")
+            && text.contains("inventory/restock: /warehouse"),
+        "{text}"
+    );
+    let (ok, text) = check_next("inventory_extended", &["--previous", &previous]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("contract inventory: compatible with"),
+        "{text}"
+    );
+
+    // The same against what a running host serves.
+    let project = Project::new(&["inventory"], crate::support::INVENTORY_ALONE);
+    let host = project.start().await;
+    let base = host.base.clone();
+    let (ok, text) =
+        tokio::task::spawn_blocking(move || check_next("inventory_strict", &["--against", &base]))
+            .await
+            .unwrap();
+    assert!(!ok, "{text}");
+    assert!(text.contains("inventory/restock: /warehouse"), "{text}");
+    let (status, contract) = host.get("/v1/modules/inventory/contract").await;
+    assert_eq!(status, 200, "{contract}");
+    assert_eq!(contract["typed"], true);
+    host.stop().await;
+}
+
+#[tokio::test]
+async fn a_module_built_against_wit_0_1_0_still_loads_and_serves_untyped() {
+    let entries = format!("{EXAMPLES}\n[modules.legacy]\nfile = \"legacy_v1.wasm\"\n");
+    let project = Project::new(&["orders", "inventory", "legacy_v1"], &entries);
+    let host = project.start().await;
+    // Nothing validates its bodies: whatever JSON it gets, it keeps.
+    for (i, body) in [json!({"any": "shape"}), json!([1, 2, 3]), json!("text")]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, answer) = host.command("legacy", "keep", body.clone()).await;
+        assert_eq!(status, 200, "{i}: {answer}");
+        assert_eq!(answer["output"], json!({"version": 1, "body": body}));
+    }
+    let (status, answer) = host.command("legacy", "drop", json!({})).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        error_message(&answer).contains("unknown subtopic 'drop'"),
+        "{answer}"
+    );
+    // Beside 0.2.0 modules, in the documents without payloads.
+    documents_validate_and_list_the_examples(&host, &["legacy"]).await;
+    let (_, contract) = host.get("/v1/modules/legacy/contract").await;
+    assert_eq!(contract["typed"], false, "{contract}");
+    assert_eq!(contract["messages"], json!([]), "{contract}");
+    host.stop().await;
+}

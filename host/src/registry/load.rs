@@ -19,6 +19,7 @@ use crate::sandbox::bindings::GuestPre;
 use crate::sandbox::cache::ArtifactCache;
 use crate::sandbox::engine::Engine;
 use crate::sandbox::state::HostState;
+use switchyard_model::contract::compat;
 use switchyard_model::envelope::check_name;
 use switchyard_model::grants::Grants;
 use switchyard_model::manifest::{
@@ -245,6 +246,11 @@ impl Loader<'_> {
         };
         match self.load_one(name, entry, rollback_after, file, code).await {
             Ok(module) => {
+                if let Some(old) = old
+                    && let Err(refused) = compatible(old, &module, entry)
+                {
+                    return FileLoad::keep(Some(old), refused);
+                }
                 let module = Arc::new(module);
                 if let Some(old) = old
                     && old.sha256 != module.sha256
@@ -377,6 +383,31 @@ struct Code {
     bytes: Vec<u8>,
     sha256: String,
     linked: Option<GuestPre<HostState>>,
+}
+
+/// A new version must accept every body the serving one accepts (its
+/// declared schemas, WIT 0.2.0), unless its entry says `allow-breaking`:
+/// the refusal names each difference.
+fn compatible(
+    old: &LoadedModule,
+    new: &LoadedModule,
+    entry: Option<&ModuleEntry>,
+) -> Result<(), String> {
+    if entry.is_some_and(|e| e.allow_breaking) {
+        return Ok(());
+    }
+    let breaking = compat::breaking_changes(&old.contract.declared, &new.contract.declared);
+    if breaking.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = breaking.iter().map(ToString::to_string).collect();
+    Err(format!(
+        "refused: version {} would refuse messages version {} accepts ({}); \
+         set allow-breaking = true in its plugins.toml entry to load it anyway",
+        new.version,
+        old.version,
+        list.join("; ")
+    ))
 }
 
 /// Per-message limits and retry policy from the entry, or the defaults.

@@ -443,7 +443,8 @@ impl Kit {
         self.host.0.borrow().logs.clone()
     }
 
-    /// The module's `describe`: name, version, topics, subscriptions, emits.
+    /// The module's `describe`: name, version, topics, subscriptions, emits,
+    /// and each message's schemas.
     pub fn describe(&self) -> crate::bindings::Descriptor {
         self.module.__describe()
     }

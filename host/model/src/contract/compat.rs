@@ -1,1 +1,2438 @@
+//! Whether a new version of a module still accepts every message body the
+//! serving version accepts. A reload whose new version would refuse such
+//! bodies is refused, and each difference is named ([`Breaking`]).
+//!
+//! Only what the module *takes* is compared: its commands and the events it
+//! consumes. What it emits is its own business. A module built against WIT
+//! 0.1.0 declares no schemas: replacing it by anything is allowed (adopting
+//! schemas is not breaking).
+//!
+//! The schemas are those `schemars` 1.x writes (JSON Schema draft 2020-12).
+//! The comparison asks "does every body the old schema accepts pass the new
+//! one?", keyword by keyword:
+//!
+//! - `$ref` is resolved against the schema's own root (`#/$defs/..`,
+//!   `#/definitions/..`, any local JSON pointer); `allOf`, `anyOf` and
+//!   `oneOf` (taken as `anyOf`) are expanded into alternatives, and each old
+//!   alternative must pass some new one;
+//! - `type` (`integer` is covered by `number`, no `type` is any type),
+//!   `enum` and `const`, the numeric bounds, `multipleOf`, the length and
+//!   count bounds, `pattern` (any change counts, regexes are not compared),
+//!   `uniqueItems`, `required`, `additionalProperties` and
+//!   `unevaluatedProperties: false`, and the schemas under `properties`,
+//!   `additionalProperties`, `prefixItems` and `items`;
+//! - two rules about meaning rather than validation: a field the old schema
+//!   required and the new one no longer declares is breaking (every sender
+//!   sends it, the new version would ignore it), a new optional field is not
+//!   (a body that had it before had an unknown field, taken as anything);
+//! - `format`, annotations and unknown keywords are ignored.
+//!
+//! It errs on the side of silence where it cannot tell (a regex, keywords it
+//! does not know, `$ref`s outside the document, schemas past its depth or
+//! size limits): a refused reload must be explained by a concrete difference.
 
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{Direction, ModuleContract};
+
+/// One way a new version refuses what the serving one accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Breaking {
+    pub topic: String,
+    /// The subtopic, `*` for a whole command topic no longer owned.
+    pub subtopic: String,
+    /// JSON pointer into the body, `""` for the root; `*` stands for any
+    /// array item (`/lines/*`) or any property of a map.
+    pub path: String,
+    /// What changed, e.g. `minimum raised from 0 to 1`.
+    pub what: String,
+}
+
+impl fmt::Display for Breaking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}/{}: {}", self.topic, self.subtopic, self.what)
+        } else {
+            write!(
+                f,
+                "{}/{}: {}: {}",
+                self.topic, self.subtopic, self.path, self.what
+            )
+        }
+    }
+}
+
+/// Every way `new` refuses a message `old` accepts; empty when `new` may
+/// replace `old`.
+///
+/// - nothing, if `old` is untyped (WIT 0.1.0: no schemas to hold `new` to);
+/// - a command topic `old` owned and `new` does not: subtopic `*`, `topic no
+///   longer owned` (its subtopics are not listed one by one);
+/// - a command or consumed event `old` declared and `new` does not: `no
+///   longer handled`. An untyped `new` handles every subtopic of the topics
+///   it owns or subscribes to, with any body;
+/// - both declare a body schema: the differences ([module docs](self));
+///   a schema `old` did not declare and `new` does (other than `true`/`{}`):
+///   `now validates a body it did not`.
+///
+/// Emitted events and answer schemas are not compared.
+pub fn breaking_changes(old: &ModuleContract, new: &ModuleContract) -> Vec<Breaking> {
+    let mut out = Vec::new();
+    if !old.typed {
+        return out;
+    }
+    let mut dropped: Vec<&str> = Vec::new();
+    for topic in &old.topics {
+        if !new.topics.contains(topic) && !dropped.contains(&topic.as_str()) {
+            dropped.push(topic);
+            out.push(breaking(
+                topic,
+                "*",
+                String::new(),
+                "topic no longer owned".into(),
+            ));
+        }
+    }
+    for message in &old.messages {
+        let (topic, subtopic) = (message.topic.as_str(), message.subtopic.as_str());
+        let handled_topics = match message.direction {
+            Direction::Command => &new.topics,
+            Direction::Consumes => &new.subscribes,
+            Direction::Emits => continue,
+        };
+        if message.direction == Direction::Command && dropped.contains(&topic) {
+            continue;
+        }
+        if !new.typed {
+            if !handled_topics.iter().any(|t| t == topic) {
+                out.push(breaking(
+                    topic,
+                    subtopic,
+                    String::new(),
+                    "no longer handled".into(),
+                ));
+            }
+            continue;
+        }
+        let Some(current) = new.find(message.direction, topic, subtopic) else {
+            out.push(breaking(
+                topic,
+                subtopic,
+                String::new(),
+                "no longer handled".into(),
+            ));
+            continue;
+        };
+        match (&message.body, &current.body) {
+            (Some(old_body), Some(new_body)) => {
+                for p in schema_problems(old_body, new_body) {
+                    out.push(breaking(topic, subtopic, p.path, p.what));
+                }
+            }
+            (None, Some(new_body)) if !accepts_anything(new_body) => out.push(breaking(
+                topic,
+                subtopic,
+                String::new(),
+                "now validates a body it did not".into(),
+            )),
+            _ => {}
+        }
+    }
+    let mut seen = Vec::with_capacity(out.len());
+    out.retain(|b| {
+        let fresh = !seen.contains(b);
+        if fresh {
+            seen.push(b.clone());
+        }
+        fresh
+    });
+    out
+}
+
+fn breaking(topic: &str, subtopic: &str, path: String, what: String) -> Breaking {
+    Breaking {
+        topic: topic.to_string(),
+        subtopic: subtopic.to_string(),
+        path,
+        what,
+    }
+}
+
+/// `true`, or an object of annotations only (`{}`, a title, `$defs`...).
+fn accepts_anything(schema: &Value) -> bool {
+    match schema {
+        Value::Bool(b) => *b,
+        Value::Object(m) => m.keys().all(|k| ANNOTATIONS.contains(&k.as_str())),
+        _ => true,
+    }
+}
+
+/// Keywords that do not constrain a value.
+const ANNOTATIONS: [&str; 14] = [
+    "$schema",
+    "$id",
+    "$anchor",
+    "$comment",
+    "$defs",
+    "definitions",
+    "title",
+    "description",
+    "default",
+    "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "format",
+];
+
+// ---------------------------------------------------------------------------
+// Schema comparison
+
+/// Nesting of compared body locations (and `$ref`s followed on the way).
+const MAX_DEPTH: usize = 64;
+/// `$ref` / `allOf` / `anyOf` hops while expanding one schema.
+const MAX_HOPS: usize = 32;
+/// Schemas visited while expanding one.
+const MAX_VISITS: usize = 1024;
+/// Alternatives one schema may expand into.
+const MAX_ALTERNATIVES: usize = 256;
+/// Comparisons made for one body schema.
+const MAX_STEPS: usize = 20_000;
+
+/// One difference, before it is given its topic and subtopic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Problem {
+    path: String,
+    what: String,
+}
+
+fn problem(path: &str, what: impl Into<String>) -> Problem {
+    Problem {
+        path: path.to_string(),
+        what: what.into(),
+    }
+}
+
+/// What `new` refuses among the values `old` accepts, each schema resolving
+/// its `$ref`s against its own root.
+fn schema_problems(old: &Value, new: &Value) -> Vec<Problem> {
+    let mut cmp = Comparison {
+        old_root: old,
+        new_root: new,
+        in_progress: HashSet::new(),
+        steps: 0,
+    };
+    cmp.check(&[old], &[new], "", 0)
+}
+
+type Part<'a> = &'a Map<String, Value>;
+
+struct Comparison<'a> {
+    old_root: &'a Value,
+    new_root: &'a Value,
+    /// Pairs (old schemas, new schemas) being compared further up: met
+    /// again through a recursive `$ref`, they are taken as compatible.
+    in_progress: HashSet<(Vec<usize>, Vec<usize>)>,
+    steps: usize,
+}
+
+/// One alternative of the old schema: the objects that all apply (an
+/// `allOf`, a `$ref` with its siblings, one `anyOf` branch with the keywords
+/// beside it), and what they allow.
+#[derive(Clone)]
+struct OldAlternative<'a> {
+    parts: Vec<Part<'a>>,
+    /// `None`: any type.
+    types: Option<Types>,
+    /// `Some`: only these values (`enum`, `const`), already filtered by the
+    /// types and bounds of `parts`.
+    values: Option<Vec<&'a Value>>,
+}
+
+impl<'a> Comparison<'a> {
+    /// Problems of `new` (all of its schemas apply) against `old` (all of
+    /// its schemas apply) at `path`.
+    fn check(
+        &mut self,
+        old: &[&'a Value],
+        new: &[&'a Value],
+        path: &str,
+        depth: usize,
+    ) -> Vec<Problem> {
+        self.steps += 1;
+        if self.steps > MAX_STEPS || depth > MAX_DEPTH {
+            return Vec::new();
+        }
+        let key = (address(old, self.old_root), address(new, self.new_root));
+        if !self.in_progress.insert(key.clone()) {
+            return Vec::new();
+        }
+        let found = self.check_expanded(old, new, path, depth);
+        self.in_progress.remove(&key);
+        found
+    }
+
+    fn check_expanded(
+        &mut self,
+        old: &[&'a Value],
+        new: &[&'a Value],
+        path: &str,
+        depth: usize,
+    ) -> Vec<Problem> {
+        let mut overflow = false;
+        let new_alts = expand_all(new, self.new_root, &mut overflow);
+        if overflow {
+            // Too large to tell: say nothing rather than something wrong.
+            return Vec::new();
+        }
+        // An old side too large is cut: fewer old alternatives to satisfy.
+        let old_alts: Vec<OldAlternative<'a>> = expand_all(old, self.old_root, &mut overflow)
+            .into_iter()
+            .filter_map(old_alternative)
+            .collect();
+        if old_alts.is_empty() {
+            return Vec::new();
+        }
+        if new_alts.is_empty() {
+            return vec![problem(path, "now refused (schema false)")];
+        }
+        let old_alts = if new_alts.len() > 1 {
+            old_alts.into_iter().flat_map(split).collect()
+        } else {
+            old_alts
+        };
+        let new_labels: Vec<Option<Label<'a>>> = new_alts
+            .iter()
+            .map(|n| label(n, finite_values(n).as_deref()))
+            .collect();
+        let mut out = Vec::new();
+        for old_alt in &old_alts {
+            // The new alternative of the same variant first: usually the
+            // one that takes it.
+            let old_label = label(&old_alt.parts, old_alt.values.as_deref());
+            let same = |i: &usize| {
+                old_label
+                    .as_ref()
+                    .zip(new_labels[*i].as_ref())
+                    .is_some_and(|(a, b)| a.same(b))
+            };
+            let order = (0..new_alts.len())
+                .filter(same)
+                .chain((0..new_alts.len()).filter(|i| !same(i)));
+            let mut tried = vec![Vec::new(); new_alts.len()];
+            let mut passes = false;
+            for i in order {
+                if self.steps > MAX_STEPS {
+                    return out;
+                }
+                let found = self.check_alternative(old_alt, &new_alts[i], path, depth);
+                if found.is_empty() {
+                    passes = true;
+                    break;
+                }
+                tried[i] = found;
+            }
+            if !passes {
+                for p in explain(old_alt, old_label, &new_alts, &new_labels, tried, path) {
+                    push_unique(&mut out, p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Problems of one new alternative (all of `new` apply) against one old
+    /// alternative.
+    fn check_alternative(
+        &mut self,
+        old: &OldAlternative<'a>,
+        new: &[Part<'a>],
+        path: &str,
+        depth: usize,
+    ) -> Vec<Problem> {
+        self.steps += 1;
+        let mut out = Vec::new();
+        let new_types = parts_types(new);
+        let live = match (old.types, new_types) {
+            (old_types, None) => old_types.unwrap_or(Types::ANY),
+            (None, Some(n)) => {
+                out.push(problem(path, format!("type narrowed from any to {n}")));
+                n
+            }
+            (Some(o), Some(n)) => {
+                if !o.not_covered_by(n).is_empty() {
+                    out.push(problem(path, format!("type narrowed from {o} to {n}")));
+                }
+                o.intersect(n)
+            }
+        };
+        if live.is_empty() {
+            return out;
+        }
+        let values: Option<Vec<&'a Value>> = old
+            .values
+            .as_ref()
+            .map(|vs| vs.iter().copied().filter(|v| live.admits(v)).collect());
+        if values.as_ref().is_some_and(Vec::is_empty) {
+            return out;
+        }
+        let values = values.as_deref();
+        for part in new {
+            check_values(values, part, path, &mut out);
+        }
+        if live.has_number() {
+            check_numbers(old, values, new, live, path, &mut out);
+        }
+        if live.has(Types::STRING) {
+            check_strings(old, values, new, path, &mut out);
+        }
+        if live.has(Types::ARRAY) {
+            self.check_arrays(old, new, path, depth, &mut out);
+        }
+        if live.has(Types::OBJECT) {
+            self.check_objects(old, new, path, depth, &mut out);
+        }
+        out
+    }
+
+    fn check_arrays(
+        &mut self,
+        old: &OldAlternative<'a>,
+        new: &[Part<'a>],
+        path: &str,
+        depth: usize,
+        out: &mut Vec<Problem>,
+    ) {
+        check_min_count(&old.parts, new, "minItems", path, out);
+        check_max_count(&old.parts, new, "maxItems", path, out);
+        if new
+            .iter()
+            .any(|p| p.get("uniqueItems") == Some(&Value::Bool(true)))
+            && !old
+                .parts
+                .iter()
+                .any(|p| p.get("uniqueItems") == Some(&Value::Bool(true)))
+        {
+            push_unique(out, problem(path, "items must now be unique"));
+        }
+        // The most items an old body may have.
+        let old_max = old
+            .parts
+            .iter()
+            .filter_map(|p| p.get("maxItems").and_then(Value::as_f64))
+            .fold(f64::INFINITY, f64::min);
+        let prefix = old
+            .parts
+            .iter()
+            .chain(new)
+            .map(|p| prefix_len(p))
+            .max()
+            .unwrap_or(0);
+        for i in 0..prefix {
+            if old_max <= i as f64 {
+                return;
+            }
+            let new_item = item_schemas(new, i);
+            if !new_item.is_empty() {
+                let found = self.check(
+                    &item_schemas(&old.parts, i),
+                    &new_item,
+                    &format!("{path}/{i}"),
+                    depth + 1,
+                );
+                out.extend(found);
+            }
+        }
+        if old_max <= prefix as f64 {
+            return;
+        }
+        let new_tail = item_schemas(new, prefix);
+        if !new_tail.is_empty() {
+            let found = self.check(
+                &item_schemas(&old.parts, prefix),
+                &new_tail,
+                &format!("{path}/*"),
+                depth + 1,
+            );
+            out.extend(found);
+        }
+    }
+
+    fn check_objects(
+        &mut self,
+        old: &OldAlternative<'a>,
+        new: &[Part<'a>],
+        path: &str,
+        depth: usize,
+        out: &mut Vec<Problem>,
+    ) {
+        let old_required = required(&old.parts);
+        let old_declared = declared(&old.parts);
+        let new_declared = declared(new);
+        let old_closed = old.parts.iter().any(|p| closed(p));
+        let new_closed = new.iter().any(|p| closed(p));
+
+        for name in required(new) {
+            if !old_required.contains(&name) {
+                let what = if old_declared.contains(&name) {
+                    "field now required"
+                } else {
+                    "new required field"
+                };
+                push_unique(out, problem(&child(path, name), what));
+            }
+        }
+        for &name in &new_declared {
+            if !old_declared.contains(&name) && extra_schemas(&old.parts).is_empty() {
+                // A new optional field (a new required one is named above),
+                // or one the old schema refused.
+                continue;
+            }
+            let found = self.check(
+                &property_schemas(&old.parts, name),
+                &property_schemas(new, name),
+                &child(path, name),
+                depth + 1,
+            );
+            out.extend(found);
+        }
+        let new_extra = extra_schemas(new);
+        for &name in &old_declared {
+            if new_declared.contains(&name) {
+                continue;
+            }
+            let at = child(path, name);
+            if !new_extra.is_empty() {
+                let found = self.check(
+                    &property_schemas(&old.parts, name),
+                    &new_extra,
+                    &at,
+                    depth + 1,
+                );
+                out.extend(found);
+            } else if old_required.contains(&name) && new.iter().any(|p| describes_object(p)) {
+                push_unique(out, problem(&at, "required field removed"));
+            } else if new_closed {
+                push_unique(out, problem(&at, "field removed (unknown fields refused)"));
+            }
+        }
+        if new_closed && !old_closed {
+            push_unique(out, problem(path, "unknown fields now refused"));
+        } else if !new_extra.is_empty() && !old_closed {
+            let found = self.check(
+                &extra_schemas(&old.parts),
+                &new_extra,
+                &format!("{path}/*"),
+                depth + 1,
+            );
+            out.extend(found);
+        }
+        check_min_count(&old.parts, new, "minProperties", path, out);
+        check_max_count(&old.parts, new, "maxProperties", path, out);
+    }
+}
+
+/// Where `schemas` are, a bare `$ref` standing for its target (so that a
+/// recursion is recognised however its `$ref`s are written).
+fn address(schemas: &[&Value], root: &Value) -> Vec<usize> {
+    schemas
+        .iter()
+        .map(|s| {
+            let mut s: &Value = s;
+            for _ in 0..MAX_HOPS {
+                let Some(target) = bare_ref(s).and_then(|r| resolve(root, r)) else {
+                    break;
+                };
+                s = target;
+            }
+            std::ptr::from_ref(s) as usize
+        })
+        .collect()
+}
+
+/// The `$ref` of a schema that has nothing else but annotations.
+fn bare_ref(schema: &Value) -> Option<&str> {
+    let map = schema.as_object()?;
+    let reference = map.get("$ref")?.as_str()?;
+    map.keys()
+        .all(|k| k == "$ref" || ANNOTATIONS.contains(&k.as_str()))
+        .then_some(reference)
+}
+
+fn push_unique(out: &mut Vec<Problem>, p: Problem) {
+    if !out.contains(&p) {
+        out.push(p);
+    }
+}
+
+/// `path` + `/name`, escaped as JSON pointers want (`~0`, `~1`).
+fn child(path: &str, name: &str) -> String {
+    format!("{path}/{}", name.replace('~', "~0").replace('/', "~1"))
+}
+
+/// Alternatives (each: objects that all apply) of all of `schemas` at once.
+/// `overflow` is set when the schemas were too large to expand whole.
+fn expand_all<'a>(
+    schemas: &[&'a Value],
+    root: &'a Value,
+    overflow: &mut bool,
+) -> Vec<Vec<Part<'a>>> {
+    let mut expansion = Expansion {
+        root,
+        stack: Vec::new(),
+        visits: 0,
+        overflow: false,
+    };
+    let mut alts = vec![Vec::new()];
+    for s in schemas {
+        let more = expansion.expand(s);
+        alts = product(alts, more, &mut expansion.overflow);
+    }
+    *overflow |= expansion.overflow;
+    alts
+}
+
+struct Expansion<'a> {
+    root: &'a Value,
+    /// The schemas being expanded, outermost first: one met again is
+    /// already applied (`A` and `A` is `A`) and taken as `true`.
+    stack: Vec<usize>,
+    visits: usize,
+    overflow: bool,
+}
+
+impl<'a> Expansion<'a> {
+    /// The alternatives of `schema`: `false` has none, `true` (or anything
+    /// that is not an object) one with nothing to satisfy.
+    fn expand(&mut self, schema: &'a Value) -> Vec<Vec<Part<'a>>> {
+        let map = match schema {
+            Value::Bool(false) => return Vec::new(),
+            Value::Object(m) => m,
+            _ => return vec![Vec::new()],
+        };
+        let at = std::ptr::from_ref(schema) as usize;
+        if self.stack.contains(&at) {
+            return vec![Vec::new()];
+        }
+        self.visits += 1;
+        if self.stack.len() > MAX_HOPS || self.visits > MAX_VISITS {
+            self.overflow = true;
+            return vec![Vec::new()];
+        }
+        self.stack.push(at);
+        let alts = self.expand_object(map);
+        self.stack.pop();
+        alts
+    }
+
+    fn expand_object(&mut self, map: Part<'a>) -> Vec<Vec<Part<'a>>> {
+        let mut alts = vec![vec![map]];
+        if let Some(target) = map
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| resolve(self.root, r))
+        {
+            let more = self.expand(target);
+            alts = product(alts, more, &mut self.overflow);
+        }
+        if let Some(all) = map.get("allOf").and_then(Value::as_array) {
+            for member in all {
+                let more = self.expand(member);
+                alts = product(alts, more, &mut self.overflow);
+            }
+        }
+        for keyword in ["anyOf", "oneOf"] {
+            let Some(branches) = map.get(keyword).and_then(Value::as_array) else {
+                continue;
+            };
+            if branches.is_empty() {
+                continue;
+            }
+            let mut union = Vec::new();
+            for branch in branches {
+                union.extend(self.expand(branch));
+                if union.len() > MAX_ALTERNATIVES {
+                    union.truncate(MAX_ALTERNATIVES);
+                    self.overflow = true;
+                }
+            }
+            alts = product(alts, union, &mut self.overflow);
+        }
+        alts
+    }
+}
+
+fn product<'a>(
+    left: Vec<Vec<Part<'a>>>,
+    right: Vec<Vec<Part<'a>>>,
+    overflow: &mut bool,
+) -> Vec<Vec<Part<'a>>> {
+    let mut out = Vec::with_capacity(left.len().saturating_mul(right.len()).min(MAX_ALTERNATIVES));
+    'all: for l in &left {
+        for r in &right {
+            if out.len() == MAX_ALTERNATIVES {
+                *overflow = true;
+                break 'all;
+            }
+            let mut both = l.clone();
+            both.extend(r.iter().copied());
+            out.push(both);
+        }
+    }
+    out
+}
+
+/// A local `$ref` (`#`, `#/$defs/Name`, any JSON pointer); others are not
+/// followed.
+fn resolve<'a>(root: &'a Value, reference: &str) -> Option<&'a Value> {
+    let pointer = reference.strip_prefix('#')?;
+    if pointer.is_empty() {
+        Some(root)
+    } else {
+        root.pointer(pointer)
+    }
+}
+
+/// What an old alternative allows; `None` if it allows nothing.
+fn old_alternative(parts: Vec<Part<'_>>) -> Option<OldAlternative<'_>> {
+    let mut types = parts_types(&parts);
+    let mut values = finite_values(&parts);
+    if let Some(vs) = values.take() {
+        let vs: Vec<&Value> = vs
+            .into_iter()
+            .filter(|v| {
+                types.is_none_or(|t| t.admits(v)) && parts.iter().all(|p| part_admits(p, v))
+            })
+            .collect();
+        types = Some(vs.iter().fold(Types::NONE, |t, v| t.union(Types::of(v))));
+        values = Some(vs);
+    }
+    if types.is_some_and(Types::is_empty) {
+        return None;
+    }
+    Some(OldAlternative {
+        parts,
+        types,
+        values,
+    })
+}
+
+/// One alternative per value or per type, so that each may find the new
+/// alternative that takes it (`["string","null"]` against `anyOf` of a
+/// string and a null, `enum` against `oneOf` of `const`s).
+fn split(alt: OldAlternative<'_>) -> Vec<OldAlternative<'_>> {
+    if let Some(vs) = alt.values.as_ref().filter(|vs| vs.len() > 1) {
+        return vs
+            .iter()
+            .map(|v| OldAlternative {
+                parts: alt.parts.clone(),
+                types: Some(Types::of(v)),
+                values: Some(vec![*v]),
+            })
+            .collect();
+    }
+    match alt.types {
+        Some(t) if t.count() > 1 => t
+            .singles()
+            .map(|single| OldAlternative {
+                parts: alt.parts.clone(),
+                types: Some(single),
+                values: alt.values.clone(),
+            })
+            .collect(),
+        _ => vec![alt],
+    }
+}
+
+/// The problems to report for an old alternative no new one takes.
+fn explain(
+    old: &OldAlternative<'_>,
+    old_label: Option<Label<'_>>,
+    new_alts: &[Vec<Part<'_>>],
+    new_labels: &[Option<Label<'_>>],
+    tried: Vec<Vec<Problem>>,
+    path: &str,
+) -> Vec<Problem> {
+    let old_label = old_label.filter(|l| tried.len() > 1 || matches!(l, Label::Variant(_)));
+    if let Some(name) = old_label {
+        if let Some(i) = new_labels
+            .iter()
+            .position(|l| l.as_ref().is_some_and(|l| l.same(&name)))
+        {
+            return tried.into_iter().nth(i).unwrap_or_default();
+        }
+        if new_labels.iter().any(Option::is_some) {
+            // The new schema is an enum too, without this variant.
+            return vec![problem(path, name.removed())];
+        }
+    }
+    if tried.len() == 1 {
+        return tried.into_iter().next().unwrap_or_default();
+    }
+    let overlapping =
+        new_alts
+            .iter()
+            .zip(tried)
+            .filter(|(n, _)| match (old.types, parts_types(n)) {
+                (Some(o), Some(t)) => !o.intersect(t).is_empty(),
+                _ => true,
+            });
+    if let Some((_, found)) = overlapping.min_by_key(|(_, found)| found.len()) {
+        return found;
+    }
+    let all = new_alts.iter().fold(Types::NONE, |t, n| {
+        t.union(parts_types(n).unwrap_or(Types::ANY))
+    });
+    let from = old
+        .types
+        .map_or_else(|| "any".to_string(), |t| t.to_string());
+    vec![problem(path, format!("type narrowed from {from} to {all}"))]
+}
+
+/// How an alternative of an enum is named, to find it again in the new
+/// schema: its value, or its variant's tag.
+enum Label<'a> {
+    Value(&'a Value),
+    Variant(String),
+}
+
+impl Label<'_> {
+    fn same(&self, other: &Label<'_>) -> bool {
+        match (self, other) {
+            (Label::Value(a), Label::Value(b)) => json_eq(a, b),
+            (Label::Variant(a), Label::Variant(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    fn removed(&self) -> String {
+        match self {
+            Label::Value(v) => format!("enum value {v} removed"),
+            Label::Variant(name) => format!("variant {} removed", Value::String(name.clone())),
+        }
+    }
+}
+
+fn label<'a>(parts: &[Part<'a>], values: Option<&[&'a Value]>) -> Option<Label<'a>> {
+    if let Some([v]) = values {
+        return Some(Label::Value(v));
+    }
+    // Internally or adjacently tagged: a required property holding a const.
+    for part in parts {
+        let Some(properties) = part.get("properties").and_then(Value::as_object) else {
+            continue;
+        };
+        for name in required(&[*part]) {
+            if let Some(tag) = properties
+                .get(name)
+                .and_then(Value::as_object)
+                .and_then(|s| s.get("const"))
+            {
+                return Some(Label::Variant(
+                    tag.as_str().map_or_else(|| tag.to_string(), str::to_string),
+                ));
+            }
+        }
+    }
+    // Externally tagged: `{"Name": ...}` and nothing else.
+    for part in parts {
+        let Some(properties) = part.get("properties").and_then(Value::as_object) else {
+            continue;
+        };
+        let names = required(&[*part]);
+        if properties.len() == 1
+            && names.len() == 1
+            && properties.contains_key(names[0])
+            && part.get("additionalProperties") == Some(&Value::Bool(false))
+        {
+            return Some(Label::Variant(names[0].to_string()));
+        }
+    }
+    None
+}
+
+// --- keyword checks --------------------------------------------------------
+
+fn check_values(values: Option<&[&Value]>, part: Part<'_>, path: &str, out: &mut Vec<Problem>) {
+    let allowed = part.get("enum").and_then(Value::as_array);
+    let fixed = part.get("const");
+    match values {
+        Some(vs) => {
+            for v in vs {
+                if let Some(allowed) = allowed
+                    && !allowed.iter().any(|a| json_eq(a, v))
+                {
+                    push_unique(out, problem(path, format!("enum value {v} removed")));
+                }
+                if let Some(c) = fixed
+                    && !json_eq(c, v)
+                {
+                    let what = if vs.len() == 1 {
+                        format!("const changed from {v} to {c}")
+                    } else {
+                        format!("enum value {v} removed")
+                    };
+                    push_unique(out, problem(path, what));
+                }
+            }
+        }
+        None => {
+            if let Some(allowed) = allowed {
+                push_unique(
+                    out,
+                    problem(path, format!("values now limited to {}", list(allowed))),
+                );
+            }
+            if let Some(c) = fixed {
+                push_unique(out, problem(path, format!("value now fixed to {c}")));
+            }
+        }
+    }
+}
+
+fn list(values: &[Value]) -> String {
+    let mut shown: Vec<String> = values.iter().take(5).map(Value::to_string).collect();
+    if values.len() > 5 {
+        shown.push("…".into());
+    }
+    format!("[{}]", shown.join(", "))
+}
+
+fn check_numbers(
+    old: &OldAlternative<'_>,
+    values: Option<&[&Value]>,
+    new: &[Part<'_>],
+    live: Types,
+    path: &str,
+    out: &mut Vec<Problem>,
+) {
+    let integers = !live.has(Types::NUMBER);
+    for part in new {
+        for side in [Side::Lower, Side::Upper] {
+            let Some(bound) = bound_of(part, side) else {
+                continue;
+            };
+            if let Some(vs) = values {
+                for v in vs.iter().filter_map(|v| v.as_f64().map(|x| (v, x))) {
+                    if !bound.admits(v.1, side) {
+                        let (kw, b) = (bound.keyword(side), bound.shown);
+                        let what = match side {
+                            Side::Lower => format!("value {} now below {kw} {b}", v.0),
+                            Side::Upper => format!("value {} now above {kw} {b}", v.0),
+                        };
+                        push_unique(out, problem(path, what));
+                    }
+                }
+                continue;
+            }
+            let strongest = old
+                .parts
+                .iter()
+                .filter_map(|p| bound_of(p, side))
+                .reduce(|a, b| if b.stricter(&a, side, integers) { b } else { a });
+            let what = match strongest {
+                None => format!("{} {} added", bound.keyword(side), bound.shown),
+                Some(o) if bound.stricter(&o, side, integers) => {
+                    let moved = match side {
+                        Side::Lower => "raised",
+                        Side::Upper => "lowered",
+                    };
+                    if o.exclusive == bound.exclusive {
+                        format!(
+                            "{} {moved} from {} to {}",
+                            bound.keyword(side),
+                            o.shown,
+                            bound.shown
+                        )
+                    } else {
+                        let which = match side {
+                            Side::Lower => "lower",
+                            Side::Upper => "upper",
+                        };
+                        format!(
+                            "{which} bound {moved} from {} {} to {} {}",
+                            o.keyword(side),
+                            o.shown,
+                            bound.keyword(side),
+                            bound.shown
+                        )
+                    }
+                }
+                Some(_) => continue,
+            };
+            push_unique(out, problem(path, what));
+        }
+        let Some((m, shown)) = multiple_of(part) else {
+            continue;
+        };
+        if let Some(vs) = values {
+            for v in vs {
+                if let Some(x) = v.as_f64()
+                    && !is_multiple(x, m)
+                {
+                    push_unique(
+                        out,
+                        problem(path, format!("value {v} is not a multiple of {shown}")),
+                    );
+                }
+            }
+            continue;
+        }
+        let old_multiples: Vec<(f64, &Value)> =
+            old.parts.iter().filter_map(|p| multiple_of(p)).collect();
+        if old_multiples.iter().any(|(k, _)| is_multiple(*k, m))
+            || (integers && is_multiple(1.0, m))
+        {
+            continue;
+        }
+        let what = match old_multiples.first() {
+            Some((_, o)) => format!("multipleOf changed from {o} to {shown}"),
+            None => format!("multipleOf {shown} added"),
+        };
+        push_unique(out, problem(path, what));
+    }
+}
+
+fn check_strings(
+    old: &OldAlternative<'_>,
+    values: Option<&[&Value]>,
+    new: &[Part<'_>],
+    path: &str,
+    out: &mut Vec<Problem>,
+) {
+    match values {
+        Some(vs) => {
+            for part in new {
+                for v in vs {
+                    let Some(s) = v.as_str() else {
+                        continue;
+                    };
+                    let len = s.chars().count() as f64;
+                    if let Some(min) = part
+                        .get("minLength")
+                        .filter(|m| m.as_f64().is_some_and(|m| len < m))
+                    {
+                        push_unique(
+                            out,
+                            problem(path, format!("value {v} now shorter than minLength {min}")),
+                        );
+                    }
+                    if let Some(max) = part
+                        .get("maxLength")
+                        .filter(|m| m.as_f64().is_some_and(|m| len > m))
+                    {
+                        push_unique(
+                            out,
+                            problem(path, format!("value {v} now longer than maxLength {max}")),
+                        );
+                    }
+                }
+            }
+        }
+        None => {
+            check_min_count(&old.parts, new, "minLength", path, out);
+            check_max_count(&old.parts, new, "maxLength", path, out);
+        }
+    }
+    for part in new {
+        let Some(pattern) = part.get("pattern").and_then(Value::as_str) else {
+            continue;
+        };
+        let old_patterns: Vec<&str> = old
+            .parts
+            .iter()
+            .filter_map(|p| p.get("pattern").and_then(Value::as_str))
+            .collect();
+        if old_patterns.contains(&pattern) {
+            continue;
+        }
+        let shown = Value::String(pattern.to_string());
+        let what = match old_patterns.first() {
+            Some(o) => format!(
+                "pattern changed from {} to {shown}",
+                Value::String((*o).to_string())
+            ),
+            None => format!("pattern {shown} added"),
+        };
+        push_unique(out, problem(path, what));
+    }
+}
+
+/// `minLength`, `minItems`, `minProperties` (absent: 0).
+fn check_min_count(
+    old: &[Part<'_>],
+    new: &[Part<'_>],
+    keyword: &str,
+    path: &str,
+    out: &mut Vec<Problem>,
+) {
+    let strongest = old
+        .iter()
+        .filter_map(|p| p.get(keyword).and_then(|v| v.as_f64().map(|x| (x, v))))
+        .reduce(|a, b| if b.0 > a.0 { b } else { a });
+    for part in new {
+        let Some((n, shown)) = part.get(keyword).and_then(|v| v.as_f64().map(|x| (x, v))) else {
+            continue;
+        };
+        let what = match strongest {
+            Some((o, old_shown)) if n > o => {
+                format!("{keyword} raised from {old_shown} to {shown}")
+            }
+            None if n > 0.0 => format!("{keyword} {shown} added"),
+            _ => continue,
+        };
+        push_unique(out, problem(path, what));
+    }
+}
+
+/// `maxLength`, `maxItems`, `maxProperties` (absent: no limit).
+fn check_max_count(
+    old: &[Part<'_>],
+    new: &[Part<'_>],
+    keyword: &str,
+    path: &str,
+    out: &mut Vec<Problem>,
+) {
+    let strongest = old
+        .iter()
+        .filter_map(|p| p.get(keyword).and_then(|v| v.as_f64().map(|x| (x, v))))
+        .reduce(|a, b| if b.0 < a.0 { b } else { a });
+    for part in new {
+        let Some((n, shown)) = part.get(keyword).and_then(|v| v.as_f64().map(|x| (x, v))) else {
+            continue;
+        };
+        let what = match strongest {
+            Some((o, old_shown)) if n < o => {
+                format!("{keyword} lowered from {old_shown} to {shown}")
+            }
+            None => format!("{keyword} {shown} added"),
+            _ => continue,
+        };
+        push_unique(out, problem(path, what));
+    }
+}
+
+// --- numeric bounds ---------------------------------------------------------
+
+#[derive(Clone, Copy)]
+enum Side {
+    Lower,
+    Upper,
+}
+
+#[derive(Clone, Copy)]
+struct Bound<'a> {
+    value: f64,
+    exclusive: bool,
+    shown: &'a Value,
+}
+
+impl Bound<'_> {
+    fn keyword(&self, side: Side) -> &'static str {
+        match (side, self.exclusive) {
+            (Side::Lower, false) => "minimum",
+            (Side::Lower, true) => "exclusiveMinimum",
+            (Side::Upper, false) => "maximum",
+            (Side::Upper, true) => "exclusiveMaximum",
+        }
+    }
+
+    fn admits(&self, x: f64, side: Side) -> bool {
+        match (side, self.exclusive) {
+            (Side::Lower, false) => x >= self.value,
+            (Side::Lower, true) => x > self.value,
+            (Side::Upper, false) => x <= self.value,
+            (Side::Upper, true) => x < self.value,
+        }
+    }
+
+    /// The bound as (value, exclusive); for integers, the inclusive integer
+    /// bound (`exclusiveMinimum: 0` is `minimum: 1`).
+    fn normal(&self, side: Side, integers: bool) -> (f64, bool) {
+        if !integers {
+            return (self.value, self.exclusive);
+        }
+        let v = match (side, self.exclusive) {
+            (Side::Lower, false) => self.value.ceil(),
+            (Side::Lower, true) => self.value.floor() + 1.0,
+            (Side::Upper, false) => self.value.floor(),
+            (Side::Upper, true) => self.value.ceil() - 1.0,
+        };
+        (v, false)
+    }
+
+    /// Whether `self` refuses a value `other` admits.
+    fn stricter(&self, other: &Bound<'_>, side: Side, integers: bool) -> bool {
+        let (a, a_ex) = self.normal(side, integers);
+        let (b, b_ex) = other.normal(side, integers);
+        let tighter = match side {
+            Side::Lower => a > b,
+            Side::Upper => a < b,
+        };
+        tighter || (a == b && a_ex && !b_ex)
+    }
+}
+
+/// The bound of `part` on `side`: `minimum`/`exclusiveMinimum` (a number,
+/// or `true` as in draft 4), or their maximum counterparts.
+fn bound_of(part: Part<'_>, side: Side) -> Option<Bound<'_>> {
+    let (inclusive, exclusive) = match side {
+        Side::Lower => ("minimum", "exclusiveMinimum"),
+        Side::Upper => ("maximum", "exclusiveMaximum"),
+    };
+    let draft4 = part.get(exclusive) == Some(&Value::Bool(true));
+    let mut found = part.get(inclusive).and_then(|v| {
+        v.as_f64().map(|value| Bound {
+            value,
+            exclusive: draft4,
+            shown: v,
+        })
+    });
+    if let Some(v) = part.get(exclusive)
+        && let Some(value) = v.as_f64()
+    {
+        let candidate = Bound {
+            value,
+            exclusive: true,
+            shown: v,
+        };
+        if found.is_none_or(|f| candidate.stricter(&f, side, false)) {
+            found = Some(candidate);
+        }
+    }
+    found
+}
+
+fn multiple_of(part: Part<'_>) -> Option<(f64, &Value)> {
+    let v = part.get("multipleOf")?;
+    v.as_f64().filter(|m| *m > 0.0).map(|m| (m, v))
+}
+
+fn is_multiple(x: f64, m: f64) -> bool {
+    let q = x / m;
+    (q - q.round()).abs() <= 1e-9 * q.abs().max(1.0)
+}
+
+/// Whether `part`'s bounds, lengths and `multipleOf` let `v` through.
+fn part_admits(part: Part<'_>, v: &Value) -> bool {
+    if let Some(x) = v.as_f64() {
+        let within = [Side::Lower, Side::Upper]
+            .into_iter()
+            .all(|side| bound_of(part, side).is_none_or(|b| b.admits(x, side)));
+        return within && multiple_of(part).is_none_or(|(m, _)| is_multiple(x, m));
+    }
+    if let Some(s) = v.as_str() {
+        let len = s.chars().count() as f64;
+        let min = part
+            .get("minLength")
+            .and_then(Value::as_f64)
+            .is_none_or(|m| len >= m);
+        let max = part
+            .get("maxLength")
+            .and_then(Value::as_f64)
+            .is_none_or(|m| len <= m);
+        return min && max;
+    }
+    true
+}
+
+// --- reading schema objects --------------------------------------------------
+
+/// The types all of `parts` allow; `None`: no `type` anywhere.
+fn parts_types(parts: &[Part<'_>]) -> Option<Types> {
+    parts
+        .iter()
+        .filter_map(|p| p.get("type").and_then(Types::parse))
+        .reduce(Types::intersect)
+}
+
+/// The values all of `parts` allow by `enum` and `const`; `None`: no limit.
+fn finite_values<'a>(parts: &[Part<'a>]) -> Option<Vec<&'a Value>> {
+    let mut values: Option<Vec<&'a Value>> = None;
+    for part in parts {
+        let mut limits: Vec<Vec<&'a Value>> = Vec::new();
+        if let Some(allowed) = part.get("enum").and_then(Value::as_array) {
+            limits.push(allowed.iter().collect());
+        }
+        if let Some(c) = part.get("const") {
+            limits.push(vec![c]);
+        }
+        for limit in limits {
+            values = Some(match values {
+                None => limit,
+                Some(vs) => vs
+                    .into_iter()
+                    .filter(|v| limit.iter().any(|l| json_eq(l, v)))
+                    .collect(),
+            });
+        }
+    }
+    values
+}
+
+fn required<'a>(parts: &[Part<'a>]) -> Vec<&'a str> {
+    let mut names = Vec::new();
+    for part in parts {
+        for name in part
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(name) = name.as_str()
+                && !names.contains(&name)
+            {
+                names.push(name);
+            }
+        }
+    }
+    names
+}
+
+fn declared<'a>(parts: &[Part<'a>]) -> Vec<&'a str> {
+    let mut names = Vec::new();
+    for part in parts {
+        for name in part
+            .get("properties")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|m| m.keys())
+        {
+            if !names.contains(&name.as_str()) {
+                names.push(name.as_str());
+            }
+        }
+    }
+    names
+}
+
+/// The schemas that apply to property `name`: where declared, its schema;
+/// elsewhere, an `additionalProperties` schema.
+fn property_schemas<'a>(parts: &[Part<'a>], name: &str) -> Vec<&'a Value> {
+    parts
+        .iter()
+        .filter_map(|p| {
+            match p
+                .get("properties")
+                .and_then(Value::as_object)
+                .and_then(|m| m.get(name))
+            {
+                Some(schema) => Some(schema),
+                None => p.get("additionalProperties").filter(|s| s.is_object()),
+            }
+        })
+        .collect()
+}
+
+/// `additionalProperties` schemas (maps, flattened maps).
+fn extra_schemas<'a>(parts: &[Part<'a>]) -> Vec<&'a Value> {
+    parts
+        .iter()
+        .filter_map(|p| p.get("additionalProperties").filter(|s| s.is_object()))
+        .collect()
+}
+
+/// Unknown properties refused (`deny_unknown_fields`).
+fn closed(part: Part<'_>) -> bool {
+    let no = Some(&Value::Bool(false));
+    part.get("additionalProperties") == no || part.get("unevaluatedProperties") == no
+}
+
+fn describes_object(part: Part<'_>) -> bool {
+    [
+        "properties",
+        "required",
+        "additionalProperties",
+        "unevaluatedProperties",
+    ]
+    .iter()
+    .any(|k| part.contains_key(*k))
+}
+
+fn prefix_len(part: Part<'_>) -> usize {
+    part.get("prefixItems")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len)
+}
+
+/// The schemas that apply to array item `i`: `prefixItems[i]`, or `items`
+/// past the prefix.
+fn item_schemas<'a>(parts: &[Part<'a>], i: usize) -> Vec<&'a Value> {
+    parts
+        .iter()
+        .filter_map(|p| {
+            match p
+                .get("prefixItems")
+                .and_then(Value::as_array)
+                .and_then(|a| a.get(i))
+            {
+                Some(schema) => Some(schema),
+                None => p.get("items").filter(|s| s.is_object() || s.is_boolean()),
+            }
+        })
+        .collect()
+}
+
+/// JSON equality with `1` and `1.0` equal.
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y || (x.as_f64().is_some() && x.as_f64() == y.as_f64())
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+// --- JSON types ----------------------------------------------------------------
+
+/// A set of JSON Schema types. `number` includes the integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Types(u8);
+
+impl Types {
+    const NAMES: [&'static str; 7] = [
+        "string", "number", "integer", "boolean", "object", "array", "null",
+    ];
+    const STRING: Types = Types(1);
+    const NUMBER: Types = Types(1 << 1);
+    const INTEGER: Types = Types(1 << 2);
+    const OBJECT: Types = Types(1 << 4);
+    const ARRAY: Types = Types(1 << 5);
+    const NONE: Types = Types(0);
+    const ANY: Types = Types(0x7f);
+
+    /// `"string"` or `["string", "null"]`; `None` if no known type is named.
+    fn named(name: &str) -> Types {
+        Types::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map_or(Types::NONE, |i| Types(1 << i))
+    }
+
+    fn parse(v: &Value) -> Option<Types> {
+        let one = Types::named;
+        let found = match v {
+            Value::String(s) => one(s),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(Value::as_str)
+                .fold(Types::NONE, |t, s| t.union(one(s))),
+            _ => Types::NONE,
+        };
+        (!found.is_empty()).then_some(found)
+    }
+
+    fn of(v: &Value) -> Types {
+        Types::named(match v {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n)
+                if n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|x| x.fract() == 0.0) =>
+            {
+                "integer"
+            }
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        })
+    }
+
+    fn has(self, t: Types) -> bool {
+        self.0 & t.0 != 0
+    }
+
+    fn has_number(self) -> bool {
+        self.has(Types::NUMBER) || self.has(Types::INTEGER)
+    }
+
+    fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn count(self) -> u32 {
+        self.0.count_ones()
+    }
+
+    fn union(self, other: Types) -> Types {
+        Types(self.0 | other.0)
+    }
+
+    fn intersect(self, other: Types) -> Types {
+        let mut both = Types(self.0 & other.0);
+        if (self.has(Types::INTEGER) && other.has(Types::NUMBER))
+            || (self.has(Types::NUMBER) && other.has(Types::INTEGER))
+        {
+            both = both.union(Types::INTEGER);
+        }
+        both
+    }
+
+    /// The types of `self` that `other` does not take.
+    fn not_covered_by(self, other: Types) -> Types {
+        let mut covered = other;
+        if other.has(Types::NUMBER) {
+            covered = covered.union(Types::INTEGER);
+        }
+        Types(self.0 & !covered.0)
+    }
+
+    /// Whether a value of `v`'s type is of one of these types.
+    fn admits(self, v: &Value) -> bool {
+        Types::of(v).not_covered_by(self).is_empty()
+    }
+
+    fn singles(self) -> impl Iterator<Item = Types> {
+        (0..Types::NAMES.len())
+            .map(|i| Types(1 << i))
+            .filter(move |t| self.has(*t))
+    }
+}
+
+impl fmt::Display for Types {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = Types::NAMES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.has(Types(1 << i)))
+            .map(|(_, n)| *n)
+            .collect();
+        write!(f, "[{}]", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::MessageContract;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    /// What `schemars` writes for
+    /// `struct Restock { sku: String, qty: u64, size: Size, lines: Vec<Line>, note: Option<String>, weight: f64 }`.
+    fn restock() -> Value {
+        json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": "Restock",
+            "type": "object",
+            "properties": {
+                "sku": { "type": "string" },
+                "qty": { "type": "integer", "format": "uint64", "minimum": 0 },
+                "size": { "$ref": "#/$defs/Size" },
+                "lines": { "type": "array", "items": { "$ref": "#/$defs/Line" } },
+                "note": { "type": ["string", "null"] },
+                "weight": { "type": "number", "format": "double" },
+                "origin": {
+                    "anyOf": [{ "$ref": "#/$defs/Place" }, { "type": "null" }]
+                }
+            },
+            "required": ["sku", "qty", "size", "lines", "weight"],
+            "$defs": {
+                "Size": { "type": "string", "enum": ["small", "big"] },
+                "Line": {
+                    "type": "object",
+                    "properties": {
+                        "sku": { "type": "string" },
+                        "qty": {
+                            "type": "integer",
+                            "format": "uint32",
+                            "minimum": 0,
+                            "maximum": 4294967295u64
+                        }
+                    },
+                    "required": ["sku", "qty"]
+                },
+                "Place": {
+                    "type": "object",
+                    "properties": { "site": { "type": "string" } },
+                    "required": ["site"]
+                }
+            }
+        })
+    }
+
+    fn message(
+        direction: Direction,
+        topic: &str,
+        subtopic: &str,
+        body: Option<Value>,
+    ) -> MessageContract {
+        MessageContract {
+            direction,
+            topic: topic.into(),
+            subtopic: subtopic.into(),
+            summary: String::new(),
+            body,
+            answer: None,
+        }
+    }
+
+    fn module(typed: bool, messages: Vec<MessageContract>) -> ModuleContract {
+        ModuleContract {
+            module: "inventory".into(),
+            version: "1.0.0".into(),
+            typed,
+            topics: vec!["inventory".into()],
+            subscribes: vec!["orders".into()],
+            emits: vec!["stock".into()],
+            messages,
+        }
+    }
+
+    fn restock_module(body: Value) -> ModuleContract {
+        module(
+            true,
+            vec![message(
+                Direction::Command,
+                "inventory",
+                "restock",
+                Some(body),
+            )],
+        )
+    }
+
+    /// The breaking changes from `restock()` to `restock()` edited by `edit`.
+    fn after(edit: impl FnOnce(&mut Value)) -> Vec<Breaking> {
+        let mut new = restock();
+        edit(&mut new);
+        breaking_changes(&restock_module(restock()), &restock_module(new))
+    }
+
+    fn at<'v>(value: &'v mut Value, pointer: &str) -> &'v mut Value {
+        value
+            .pointer_mut(pointer)
+            .expect("pointer into the test schema")
+    }
+
+    fn one(topic: &str, subtopic: &str, path: &str, what: &str) -> Vec<Breaking> {
+        vec![breaking(topic, subtopic, path.into(), what.into())]
+    }
+
+    fn restock_says(path: &str, what: &str) -> Vec<Breaking> {
+        one("inventory", "restock", path, what)
+    }
+
+    #[test]
+    fn identical_is_compatible() {
+        assert_eq!(after(|_| {}), vec![]);
+    }
+
+    #[test]
+    fn new_optional_field_is_compatible() {
+        let found = after(|s| {
+            at(s, "/properties")["comment"] = json!({ "type": ["string", "null"] });
+        });
+        assert_eq!(found, vec![]);
+    }
+
+    #[test]
+    fn new_required_field_is_breaking() {
+        let found = after(|s| {
+            at(s, "/properties")["warehouse"] = json!({ "type": "string" });
+            at(s, "/required")
+                .as_array_mut()
+                .expect("array")
+                .push(json!("warehouse"));
+        });
+        assert_eq!(found, restock_says("/warehouse", "new required field"));
+        assert_eq!(
+            found[0].to_string(),
+            "inventory/restock: /warehouse: new required field"
+        );
+    }
+
+    #[test]
+    fn optional_field_made_required_is_breaking() {
+        let found = after(|s| {
+            at(s, "/required")
+                .as_array_mut()
+                .expect("array")
+                .push(json!("note"))
+        });
+        assert_eq!(found, restock_says("/note", "field now required"));
+    }
+
+    #[test]
+    fn removed_required_field_is_breaking() {
+        let found = after(|s| {
+            at(s, "/properties")
+                .as_object_mut()
+                .expect("object")
+                .remove("sku");
+            at(s, "/required")
+                .as_array_mut()
+                .expect("array")
+                .retain(|r| r != "sku");
+        });
+        assert_eq!(found, restock_says("/sku", "required field removed"));
+    }
+
+    #[test]
+    fn removed_optional_field_is_breaking_only_when_unknown_fields_are_refused() {
+        let remove_note = |s: &mut Value| {
+            at(s, "/properties")
+                .as_object_mut()
+                .expect("object")
+                .remove("note");
+        };
+        assert_eq!(after(remove_note), vec![]);
+
+        let old = restock_module({
+            let mut s = restock();
+            s["additionalProperties"] = json!(false);
+            s
+        });
+        let new = restock_module({
+            let mut s = restock();
+            s["additionalProperties"] = json!(false);
+            remove_note(&mut s);
+            s
+        });
+        assert_eq!(
+            breaking_changes(&old, &new),
+            restock_says("/note", "field removed (unknown fields refused)")
+        );
+    }
+
+    #[test]
+    fn deny_unknown_fields_is_breaking() {
+        let found = after(|s| s["additionalProperties"] = json!(false));
+        assert_eq!(found, restock_says("", "unknown fields now refused"));
+        assert_eq!(
+            found[0].to_string(),
+            "inventory/restock: unknown fields now refused"
+        );
+    }
+
+    #[test]
+    fn u64_to_u32_is_breaking() {
+        let found = after(|s| {
+            *at(s, "/properties/qty") = json!({ "type": "integer", "format": "uint32", "minimum": 0, "maximum": 4294967295u64 });
+        });
+        assert_eq!(found, restock_says("/qty", "maximum 4294967295 added"));
+    }
+
+    #[test]
+    fn u32_to_u64_and_format_changes_are_compatible() {
+        let found = after(|s| {
+            *at(s, "/$defs/Line/properties/qty") =
+                json!({ "type": "integer", "format": "uint64", "minimum": 0 });
+            *at(s, "/properties/sku") = json!({ "type": "string", "format": "uuid" });
+        });
+        assert_eq!(found, vec![]);
+    }
+
+    #[test]
+    fn minimum_raised_is_breaking() {
+        let found = after(|s| *at(s, "/properties/qty/minimum") = json!(1));
+        assert_eq!(found, restock_says("/qty", "minimum raised from 0 to 1"));
+        assert_eq!(
+            found[0].to_string(),
+            "inventory/restock: /qty: minimum raised from 0 to 1"
+        );
+    }
+
+    #[test]
+    fn exclusive_minimum_on_integers_is_compared_as_the_same_bound() {
+        // For integers, `exclusiveMinimum: -1` is `minimum: 0`.
+        let found = after(|s| {
+            *at(s, "/properties/qty") = json!({ "type": "integer", "exclusiveMinimum": -1 })
+        });
+        assert_eq!(found, vec![]);
+        let found = after(|s| {
+            *at(s, "/properties/qty") = json!({ "type": "integer", "exclusiveMinimum": 0 })
+        });
+        assert_eq!(
+            found,
+            restock_says(
+                "/qty",
+                "lower bound raised from minimum 0 to exclusiveMinimum 0"
+            )
+        );
+    }
+
+    #[test]
+    fn integer_to_number_is_compatible() {
+        let found = after(|s| {
+            *at(s, "/properties/qty") =
+                json!({ "type": "number", "format": "double", "minimum": 0 });
+        });
+        assert_eq!(found, vec![]);
+    }
+
+    #[test]
+    fn number_to_integer_is_breaking() {
+        let found = after(|s| {
+            *at(s, "/properties/weight") = json!({ "type": "integer", "format": "int64" })
+        });
+        assert_eq!(
+            found,
+            restock_says("/weight", "type narrowed from [number] to [integer]")
+        );
+    }
+
+    #[test]
+    fn option_to_plain_is_breaking() {
+        let found = after(|s| *at(s, "/properties/note") = json!({ "type": "string" }));
+        assert_eq!(
+            found,
+            restock_says("/note", "type narrowed from [string, null] to [string]")
+        );
+
+        // Option<Place> (anyOf with a null branch) to Place.
+        let found = after(|s| *at(s, "/properties/origin") = json!({ "$ref": "#/$defs/Place" }));
+        assert_eq!(
+            found,
+            restock_says("/origin", "type narrowed from [null] to [object]")
+        );
+    }
+
+    #[test]
+    fn plain_to_option_is_compatible() {
+        let found = after(|s| {
+            *at(s, "/properties/sku") = json!({ "type": ["string", "null"] });
+            *at(s, "/properties/size") =
+                json!({ "anyOf": [{ "$ref": "#/$defs/Size" }, { "type": "null" }] });
+            // Both ways of writing a nullable string.
+            *at(s, "/properties/note") =
+                json!({ "anyOf": [{ "type": "string" }, { "type": "null" }] });
+        });
+        assert_eq!(found, vec![]);
+    }
+
+    #[test]
+    fn nested_ref_struct_change_is_breaking() {
+        let found = after(|s| *at(s, "/$defs/Line/properties/qty/minimum") = json!(1));
+        assert_eq!(
+            found,
+            restock_says("/lines/*/qty", "minimum raised from 0 to 1")
+        );
+
+        let found = after(|s| {
+            at(s, "/$defs/Line/properties")["batch"] = json!({ "type": "string" });
+            at(s, "/$defs/Line/required")
+                .as_array_mut()
+                .expect("array")
+                .push(json!("batch"));
+        });
+        assert_eq!(found, restock_says("/lines/*/batch", "new required field"));
+    }
+
+    #[test]
+    fn renamed_def_with_same_shape_is_compatible() {
+        let found = after(|s| {
+            let line = at(s, "/$defs")
+                .as_object_mut()
+                .expect("object")
+                .remove("Line")
+                .expect("Line");
+            at(s, "/$defs")["OrderLine"] = line;
+            *at(s, "/properties/lines/items") = json!({ "$ref": "#/$defs/OrderLine" });
+        });
+        assert_eq!(found, vec![]);
+    }
+
+    #[test]
+    fn enum_value_removed_is_breaking() {
+        let found = after(|s| *at(s, "/$defs/Size/enum") = json!(["small"]));
+        assert_eq!(found, restock_says("/size", "enum value \"big\" removed"));
+        // A new value is fine.
+        let found = after(|s| *at(s, "/$defs/Size/enum") = json!(["small", "big", "huge"]));
+        assert_eq!(found, vec![]);
+    }
+
+    #[test]
+    fn documenting_enum_variants_is_compatible_and_removing_one_is_not() {
+        // With doc comments schemars writes one `const` branch per variant.
+        let documented = |variants: &[&str]| {
+            let branches: Vec<Value> = variants
+                .iter()
+                .map(|v| json!({ "description": format!("The {v} one"), "type": "string", "const": v }))
+                .collect();
+            json!({ "oneOf": branches })
+        };
+        let found = after(|s| *at(s, "/$defs/Size") = documented(&["small", "big"]));
+        assert_eq!(found, vec![]);
+        let found = after(|s| *at(s, "/$defs/Size") = documented(&["small", "medium"]));
+        assert_eq!(found, restock_says("/size", "enum value \"big\" removed"));
+    }
+
+    #[test]
+    fn tagged_enum_variants() {
+        // enum Change { Add { qty: u32 }, Remove { qty: u32 } }, externally tagged.
+        let variant = |name: &str, minimum: u32| {
+            json!({
+                "type": "object",
+                "properties": {
+                    name: {
+                        "type": "object",
+                        "properties": { "qty": { "type": "integer", "format": "uint32", "minimum": minimum } },
+                        "required": ["qty"]
+                    }
+                },
+                "required": [name],
+                "additionalProperties": false
+            })
+        };
+        let schema = |variants: Vec<Value>| json!({ "title": "Change", "oneOf": variants });
+        let old = schema(vec![variant("Add", 0), variant("Remove", 0)]);
+        let check = |new: Value| schema_problems(&old, &new);
+
+        assert_eq!(check(old.clone()), vec![]);
+        assert_eq!(
+            check(schema(vec![variant("Add", 0)])),
+            vec![problem("", "variant \"Remove\" removed")]
+        );
+        assert_eq!(
+            check(schema(vec![variant("Remove", 0), variant("Add", 1)])),
+            vec![problem("/Add/qty", "minimum raised from 0 to 1")]
+        );
+
+        // Internally tagged: #[serde(tag = "kind")].
+        let tagged = |kind: &str, extra: Value| {
+            let mut properties = json!({ "kind": { "type": "string", "const": kind } });
+            if let (Some(p), Some(e)) = (properties.as_object_mut(), extra.as_object()) {
+                p.extend(e.clone());
+            }
+            json!({ "type": "object", "properties": properties, "required": ["kind"] })
+        };
+        let old = json!({ "oneOf": [tagged("add", json!({})), tagged("clear", json!({}))] });
+        let new = json!({ "oneOf": [tagged("add", json!({ "note": { "type": "string" } }))] });
+        assert_eq!(
+            schema_problems(&old, &new),
+            vec![problem("", "variant \"clear\" removed")]
+        );
+    }
+
+    #[test]
+    fn range_and_length_changes() {
+        let found = after(|s| {
+            *at(s, "/properties/sku") =
+                json!({ "type": "string", "minLength": 3, "maxLength": 20, "pattern": "^[A-Z]+$" });
+            at(s, "/properties/lines")["maxItems"] = json!(10);
+            at(s, "/properties/weight")["maximum"] = json!(100);
+        });
+        assert_eq!(
+            found,
+            vec![
+                breaking(
+                    "inventory",
+                    "restock",
+                    "/lines".into(),
+                    "maxItems 10 added".into()
+                ),
+                breaking(
+                    "inventory",
+                    "restock",
+                    "/sku".into(),
+                    "minLength 3 added".into()
+                ),
+                breaking(
+                    "inventory",
+                    "restock",
+                    "/sku".into(),
+                    "maxLength 20 added".into()
+                ),
+                breaking(
+                    "inventory",
+                    "restock",
+                    "/sku".into(),
+                    "pattern \"^[A-Z]+$\" added".into()
+                ),
+                breaking(
+                    "inventory",
+                    "restock",
+                    "/weight".into(),
+                    "maximum 100 added".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn maps_tuples_and_flattened_enums() {
+        // HashMap<String, u64> to HashMap<String, u32>.
+        let map = |format: &str, max: Option<u64>| {
+            let mut values = json!({ "type": "integer", "format": format, "minimum": 0 });
+            if let Some(max) = max {
+                values["maximum"] = json!(max);
+            }
+            json!({ "type": "object", "additionalProperties": values })
+        };
+        assert_eq!(
+            schema_problems(&map("uint32", Some(4294967295)), &map("uint64", None)),
+            vec![]
+        );
+        assert_eq!(
+            schema_problems(&map("uint64", None), &map("uint32", Some(4294967295))),
+            vec![problem("/*", "maximum 4294967295 added")]
+        );
+
+        // (u8, i64) to (u8, i32).
+        let tuple = |second: Value| {
+            json!({
+                "type": "array",
+                "prefixItems": [{ "type": "integer", "format": "uint8", "minimum": 0, "maximum": 255 }, second],
+                "minItems": 2,
+                "maxItems": 2
+            })
+        };
+        let i64_ = json!({ "type": "integer", "format": "int64" });
+        let i32_ = json!({ "type": "integer", "format": "int32", "minimum": -2147483648i64, "maximum": 2147483647 });
+        assert_eq!(
+            schema_problems(&tuple(i32_.clone()), &tuple(i64_.clone())),
+            vec![]
+        );
+        assert_eq!(
+            schema_problems(&tuple(i64_), &tuple(i32_)),
+            vec![
+                problem("/1", "minimum -2147483648 added"),
+                problem("/1", "maximum 2147483647 added"),
+            ]
+        );
+
+        // struct { f: f32, #[serde(flatten)] e: E } with deny_unknown_fields,
+        // enum E { B(bool), S(String) }.
+        let flattened = |extra: Option<(&str, Value)>| {
+            let mut s = json!({
+                "type": "object",
+                "properties": { "f": { "type": "number", "format": "float" } },
+                "required": ["f"],
+                "unevaluatedProperties": false,
+                "allOf": [{
+                    "oneOf": [
+                        { "type": "object", "properties": { "B": { "type": "boolean" } }, "required": ["B"] },
+                        { "type": "object", "properties": { "S": { "type": "string" } }, "required": ["S"] }
+                    ]
+                }]
+            });
+            if let Some((name, schema)) = extra {
+                s["properties"][name] = schema;
+            }
+            s
+        };
+        let old = flattened(None);
+        assert_eq!(schema_problems(&old, &old.clone()), vec![]);
+        let optional = flattened(Some(("g", json!({ "type": ["string", "null"] }))));
+        assert_eq!(schema_problems(&old, &optional), vec![]);
+        assert_eq!(
+            schema_problems(&optional, &old),
+            vec![problem("/g", "field removed (unknown fields refused)")]
+        );
+    }
+
+    #[test]
+    fn command_removed_is_breaking() {
+        let old = module(
+            true,
+            vec![
+                message(Direction::Command, "inventory", "restock", Some(restock())),
+                message(Direction::Command, "inventory", "count", None),
+                message(Direction::Consumes, "orders", "placed", None),
+                message(Direction::Emits, "stock", "low", None),
+            ],
+        );
+        let new = module(
+            true,
+            vec![message(
+                Direction::Command,
+                "inventory",
+                "restock",
+                Some(restock()),
+            )],
+        );
+        assert_eq!(
+            breaking_changes(&old, &new),
+            vec![
+                breaking(
+                    "inventory",
+                    "count",
+                    String::new(),
+                    "no longer handled".into()
+                ),
+                breaking(
+                    "orders",
+                    "placed",
+                    String::new(),
+                    "no longer handled".into()
+                ),
+            ]
+        );
+        assert_eq!(
+            breaking_changes(&old, &new)[0].to_string(),
+            "inventory/count: no longer handled"
+        );
+    }
+
+    #[test]
+    fn topic_no_longer_owned_is_breaking() {
+        let old = restock_module(restock());
+        let mut new = module(true, vec![]);
+        new.topics = vec!["warehouse".into()];
+        assert_eq!(
+            breaking_changes(&old, &new),
+            one("inventory", "*", "", "topic no longer owned")
+        );
+    }
+
+    #[test]
+    fn emits_are_not_compared() {
+        let old = module(
+            true,
+            vec![message(Direction::Emits, "stock", "low", Some(restock()))],
+        );
+        let new = module(
+            true,
+            vec![message(
+                Direction::Emits,
+                "stock",
+                "low",
+                Some(json!({ "type": "null" })),
+            )],
+        );
+        assert_eq!(breaking_changes(&old, &new), vec![]);
+        assert_eq!(breaking_changes(&old, &module(true, vec![])), vec![]);
+    }
+
+    #[test]
+    fn untyped_old_accepts_anything_new() {
+        let old = module(false, vec![]);
+        let mut new = restock_module(restock());
+        new.topics = vec!["warehouse".into()];
+        assert_eq!(breaking_changes(&old, &new), vec![]);
+    }
+
+    #[test]
+    fn untyped_new_handles_its_topics() {
+        let old = module(
+            true,
+            vec![
+                message(Direction::Command, "inventory", "restock", Some(restock())),
+                message(Direction::Consumes, "orders", "placed", Some(restock())),
+            ],
+        );
+        assert_eq!(breaking_changes(&old, &module(false, vec![])), vec![]);
+        let mut new = module(false, vec![]);
+        new.subscribes.clear();
+        assert_eq!(
+            breaking_changes(&old, &new),
+            one("orders", "placed", "", "no longer handled")
+        );
+    }
+
+    #[test]
+    fn schema_appearing_or_disappearing() {
+        let with = |body: Option<Value>| {
+            module(
+                true,
+                vec![message(Direction::Consumes, "orders", "placed", body)],
+            )
+        };
+        assert_eq!(
+            breaking_changes(&with(Some(restock())), &with(None)),
+            vec![]
+        );
+        assert_eq!(
+            breaking_changes(&with(None), &with(Some(restock()))),
+            one("orders", "placed", "", "now validates a body it did not")
+        );
+        for anything in [
+            json!(true),
+            json!({}),
+            json!({ "$schema": "x", "title": "AnyValue" }),
+        ] {
+            assert_eq!(breaking_changes(&with(None), &with(Some(anything))), vec![]);
+        }
+    }
+
+    #[test]
+    fn boolean_schemas() {
+        assert_eq!(schema_problems(&json!(true), &json!(true)), vec![]);
+        assert_eq!(schema_problems(&json!(false), &json!(false)), vec![]);
+        assert_eq!(
+            schema_problems(&json!(false), &json!({ "type": "string" })),
+            vec![]
+        );
+        assert_eq!(
+            schema_problems(&json!({}), &json!(false)),
+            vec![problem("", "now refused (schema false)")]
+        );
+        let found = after(|s| *at(s, "/properties/note") = json!(false));
+        assert_eq!(found, restock_says("/note", "now refused (schema false)"));
+    }
+
+    #[test]
+    fn recursive_refs_terminate() {
+        // struct Node { name: String, children: Vec<Node> }, through $defs
+        // and through the root.
+        let through_defs = json!({
+            "$ref": "#/$defs/Node",
+            "$defs": {
+                "Node": {
+                    "type": "object",
+                    "properties": {
+                        "name": { "type": "string" },
+                        "children": { "type": "array", "items": { "$ref": "#/$defs/Node" } }
+                    },
+                    "required": ["name", "children"]
+                }
+            }
+        });
+        let through_root = json!({
+            "type": "object",
+            "properties": {
+                "name": { "type": "string" },
+                "children": { "type": "array", "items": { "$ref": "#" } }
+            },
+            "required": ["name", "children"]
+        });
+        for schema in [&through_defs, &through_root] {
+            assert_eq!(schema_problems(schema, &schema.clone()), vec![]);
+        }
+        assert_eq!(schema_problems(&through_defs, &through_root), vec![]);
+        let mut longer = through_root.clone();
+        at(&mut longer, "/properties/name")["minLength"] = json!(1);
+        assert_eq!(
+            schema_problems(&through_defs, &longer),
+            vec![problem("/name", "minLength 1 added")]
+        );
+        assert_eq!(
+            schema_problems(&through_root, &longer),
+            vec![problem("/name", "minLength 1 added")]
+        );
+        // $refs to themselves inside allOf: expanded once each.
+        let knot = json!({
+            "$ref": "#/$defs/D0",
+            "$defs": {
+                "D0": { "$ref": "#/$defs/D0", "allOf": [{ "$ref": "#" }, { "$ref": "#/$defs/D0", "type": "array" }] }
+            }
+        });
+        assert_eq!(schema_problems(&knot, &knot.clone()), vec![]);
+        // A loop of $refs with nothing else.
+        let loop_ = json!({ "$ref": "#/$defs/A", "$defs": { "A": { "$ref": "#/$defs/B" }, "B": { "$ref": "#/$defs/A" } } });
+        assert_eq!(schema_problems(&loop_, &loop_.clone()), vec![]);
+    }
+
+    #[test]
+    fn large_schemas_stay_cheap() {
+        // 256 alternatives at the root, each nesting alternatives six deep;
+        // the leaf differs, so that no alternative passes.
+        fn nest(depth: usize, leaf: &Value) -> Value {
+            if depth == 0 {
+                return leaf.clone();
+            }
+            let branches: Vec<Value> = (0..4)
+                .map(|i| json!({ "type": "object", "properties": { format!("f{i}"): nest(depth - 1, leaf) } }))
+                .collect();
+            json!({ "anyOf": branches })
+        }
+        let make = |leaf: Value| {
+            let inner = nest(6, &leaf);
+            let all: Vec<Value> = (0..8)
+                .map(|i| json!({ "oneOf": [{ "properties": { format!("a{i}"): inner } }, { "properties": { format!("b{i}"): inner } }] }))
+                .collect();
+            json!({ "type": "object", "allOf": all })
+        };
+        let old = make(json!({ "type": "integer" }));
+        let new = make(json!({ "type": "integer", "minimum": 1 }));
+        let started = std::time::Instant::now();
+        let _ = schema_problems(&old, &new);
+        assert_eq!(schema_problems(&old, &old.clone()), vec![]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn large_enums_are_compared_variant_by_variant() {
+        // 60 externally tagged variants of 10 fields each.
+        let schema = |last_minimum: u32| {
+            let variants: Vec<Value> = (0..60)
+                .map(|v| {
+                    let fields: Map<String, Value> = (0..10)
+                        .map(|f| {
+                            let minimum = if v == 59 && f == 9 { last_minimum } else { 0 };
+                            (format!("f{f}"), json!({ "type": "integer", "minimum": minimum }))
+                        })
+                        .collect();
+                    let names: Vec<&String> = fields.keys().collect();
+                    json!({
+                        "type": "object",
+                        "properties": { format!("V{v}"): { "type": "object", "properties": fields, "required": names } },
+                        "required": [format!("V{v}")],
+                        "additionalProperties": false
+                    })
+                })
+                .collect();
+            json!({ "oneOf": variants })
+        };
+        assert_eq!(schema_problems(&schema(0), &schema(0)), vec![]);
+        assert_eq!(
+            schema_problems(&schema(0), &schema(1)),
+            vec![problem("/V59/f9", "minimum raised from 0 to 1")]
+        );
+    }
+
+    #[test]
+    fn weird_schemas_do_not_panic() {
+        let weird = [
+            json!(null),
+            json!(42),
+            json!("string"),
+            json!([1, 2]),
+            json!({ "type": 5, "properties": [], "required": "x", "$ref": "#/nope", "minimum": "a" }),
+            json!({ "type": ["nonsense"], "enum": 3, "anyOf": [], "items": [1], "prefixItems": {} }),
+            json!({ "$ref": "http://example.com/schema", "allOf": [false], "oneOf": [true, 1] }),
+            json!({ "$ref": "#/$defs/a~1b", "$defs": { "a/b": { "type": "integer", "multipleOf": 0 } } }),
+            json!({ "type": "integer", "exclusiveMinimum": true, "minimum": 1e308, "maxLength": -1 }),
+            json!({ "properties": { "": { "$ref": "#/properties" } }, "additionalProperties": { "$ref": "#" } }),
+        ];
+        for old in &weird {
+            for new in &weird {
+                let _ = schema_problems(old, new);
+            }
+        }
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-3i64..4).prop_map(Value::from),
+            (-3.0f64..3.0).prop_map(|f| json!(f)),
+            "[a-c]{0,2}".prop_map(Value::from),
+        ]
+    }
+
+    fn type_name() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "string", "number", "integer", "boolean", "object", "array", "null",
+        ])
+    }
+
+    fn schema() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(json!(true)),
+            Just(json!(false)),
+            Just(json!({})),
+            (type_name(), any::<bool>()).prop_map(|(t, nullable)| {
+                if nullable { json!({ "type": [t, "null"] }) } else { json!({ "type": t }) }
+            }),
+            (-5i64..5, 0i64..10, any::<bool>(), prop::option::of(1i64..4)).prop_map(|(lo, span, ex, m)| {
+                let mut s = if ex {
+                    json!({ "type": "integer", "exclusiveMinimum": lo, "maximum": lo + span })
+                } else {
+                    json!({ "type": "number", "minimum": lo, "exclusiveMaximum": lo + span })
+                };
+                if let Some(m) = m {
+                    s["multipleOf"] = json!(m);
+                }
+                s
+            }),
+            (0u64..4, 0u64..4, prop::option::of("[a-z]{1,3}")).prop_map(|(min, more, pattern)| {
+                json!({ "type": "string", "minLength": min, "maxLength": min + more, "pattern": pattern })
+            }),
+            prop::collection::vec(scalar(), 0..4).prop_map(|vs| json!({ "enum": vs })),
+            scalar().prop_map(|v| json!({ "const": v })),
+            (0usize..4).prop_map(|i| {
+                let target = if i == 3 { "#".to_string() } else { format!("#/$defs/D{i}") };
+                json!({ "$ref": target })
+            }),
+            Just(json!({ "$ref": "#/$defs/missing" })),
+        ];
+        leaf.prop_recursive(4, 40, 5, |inner| {
+            prop_oneof![
+                (
+                    prop::collection::btree_map("[a-c]{1,2}", inner.clone(), 0..4),
+                    prop::collection::vec("[a-d]{1,2}", 0..3),
+                    prop_oneof![
+                        Just(None),
+                        Just(Some(json!(false))),
+                        inner.clone().prop_map(Some)
+                    ],
+                    any::<bool>(),
+                )
+                    .prop_map(|(properties, required, extra, typed)| {
+                        let mut s = json!({ "properties": properties, "required": required });
+                        if let Some(extra) = extra {
+                            s["additionalProperties"] = extra;
+                        }
+                        if typed {
+                            s["type"] = json!("object");
+                        }
+                        s
+                    }),
+                (
+                    inner.clone(),
+                    prop::collection::vec(inner.clone(), 0..3),
+                    prop::option::of(0u64..4),
+                    any::<bool>(),
+                )
+                    .prop_map(|(items, prefix, max, unique)| {
+                        let mut s =
+                            json!({ "type": "array", "items": items, "uniqueItems": unique });
+                        if !prefix.is_empty() {
+                            s["prefixItems"] = json!(prefix);
+                        }
+                        if let Some(max) = max {
+                            s["maxItems"] = json!(max);
+                        }
+                        s
+                    }),
+                prop::collection::vec(inner.clone(), 1..4).prop_map(|v| json!({ "anyOf": v })),
+                prop::collection::vec(inner.clone(), 1..4).prop_map(|v| json!({ "oneOf": v })),
+                prop::collection::vec(inner.clone(), 1..3).prop_map(|v| json!({ "allOf": v })),
+                (inner.clone(), 0usize..3).prop_map(|(s, i)| {
+                    let mut s = match s {
+                        Value::Object(_) => s,
+                        other => json!({ "allOf": [other] }),
+                    };
+                    s["$ref"] = json!(format!("#/$defs/D{i}"));
+                    s
+                }),
+            ]
+        })
+    }
+
+    fn rooted() -> impl Strategy<Value = Value> {
+        (schema(), prop::collection::vec(schema(), 0..3)).prop_map(|(root, defs)| {
+            let mut root = match root {
+                Value::Object(_) => root,
+                other => json!({ "allOf": [other] }),
+            };
+            let defs: Map<String, Value> = defs
+                .into_iter()
+                .enumerate()
+                .map(|(i, d)| (format!("D{i}"), d))
+                .collect();
+            root["$defs"] = Value::Object(defs);
+            root
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_schema_is_compatible_with_itself(s in rooted()) {
+            let copy = s.clone();
+            prop_assert_eq!(schema_problems(&s, &s), vec![]);
+            prop_assert_eq!(schema_problems(&s, &copy), vec![]);
+            let old = restock_module(s);
+            let new = restock_module(copy);
+            prop_assert_eq!(breaking_changes(&old, &new), vec![]);
+        }
+    }
+}

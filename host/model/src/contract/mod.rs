@@ -11,10 +11,10 @@
 pub mod compat;
 pub mod document;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which way a message goes, seen from the module.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Direction {
     /// A command on a topic the module owns.
@@ -36,7 +36,7 @@ impl Direction {
 }
 
 /// One message kind (topic, subtopic) a module takes or sends.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MessageContract {
     pub direction: Direction,
     pub topic: String,
@@ -50,7 +50,7 @@ pub struct MessageContract {
 }
 
 /// Everything one loaded module version declares.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModuleContract {
     pub module: String,
     pub version: String,

@@ -81,6 +81,11 @@ pub struct ModuleEntry {
     /// Overrides `host.rollback-after` for this module.
     #[serde(default)]
     pub rollback_after: Option<u32>,
+    /// Loads a new version whose declared schemas would refuse bodies the
+    /// serving version accepts (a breaking contract change); without it,
+    /// such a reload is refused and the serving version stays.
+    #[serde(default)]
+    pub allow_breaking: bool,
     /// Handed to the module through the `config` import.
     #[serde(default)]
     pub config: toml::Table,

@@ -1,4 +1,5 @@
-//! `GET /v1/asyncapi.json` and `GET /v1/openapi.json`: what the loaded
+//! `GET /v1/asyncapi.json`, `GET /v1/openapi.json` and
+//! `GET /v1/modules/{name}/contract`: what the loaded
 //! modules take and send, with the schemas their `describe` declared
 //! (WIT 0.2.0), built from the current routing table on each request, so
 //! they change with every reload. Open like `GET /v1/modules`.
@@ -6,10 +7,11 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 
-use super::ApiState;
+use super::{ApiError, ApiState};
+use axum::http::StatusCode;
 use switchyard_model::contract::{ModuleContract, document};
 
 /// Every loaded module's contract, under the name it serves as.
@@ -62,4 +64,23 @@ pub(super) async fn openapi(
         &servers(&state, &headers),
         env!("CARGO_PKG_VERSION"),
     ))
+}
+
+/// One module's contract as its `describe` declared it (schemas included):
+/// what `switchyard check --against URL` compares a new build with.
+pub(super) async fn contract(
+    State(state): State<Arc<ApiState>>,
+    Path(name): Path<String>,
+) -> Result<Json<ModuleContract>, ApiError> {
+    let routes = state.registry.routes();
+    let module = routes.modules.get(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no module '{name}' is loaded"),
+        )
+    })?;
+    let mut c = module.contract.declared.clone();
+    c.module = module.name.clone();
+    Ok(Json(c))
 }

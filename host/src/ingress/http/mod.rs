@@ -90,6 +90,7 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/v1/messages", post(messages::post_message))
         .route("/v1/topics/{topic}/{subtopic}", post(messages::post_topic))
         .route("/v1/modules", get(operations::list_modules))
+        .route("/v1/modules/{name}/contract", get(documents::contract))
         .route("/v1/admin/reload", post(operations::reload))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route(

@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::*;
 use crate::RepoError;
+use crate::bindings::Direction;
 
 #[derive(serde::Deserialize, schemars::JsonSchema)]
 struct Bump {
@@ -192,4 +193,59 @@ fn scans_are_in_key_order_by_prefix_with_a_limit() {
         kit.seed("c", k, &json!({}));
     }
     assert_eq!(kit.command("s", "list", "b"), Ok(json!(["b1", "b2"])));
+}
+
+/// A shipment to create.
+///
+/// More than the summary.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Ship {
+    /// Where to.
+    to: String,
+    #[serde(default)]
+    express: bool,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct Shipped {
+    id: u32,
+}
+
+#[test]
+fn describe_declares_each_message_with_its_schemas_and_summary() {
+    let module = Module::new("shipping", "0.1.0")
+        .command("shipping", "create", |_: &Ctx, _: Ship| Ok(Shipped { id: 1 }))
+        .on_event("orders.events", "placed", |_: &Ctx, _: Bump| Ok(()))
+        .emits_event::<Shipped>("shipping.events", "shipped");
+    let d = module.__describe();
+    assert_eq!(d.emits, ["shipping.events"]);
+    let declared: Vec<(Direction, &str, &str)> = d
+        .messages
+        .iter()
+        .map(|m| (m.direction, m.topic.as_str(), m.subtopic.as_str()))
+        .collect();
+    assert_eq!(
+        declared,
+        [
+            (Direction::Command, "shipping", "create"),
+            (Direction::Consumes, "orders.events", "placed"),
+            (Direction::Emits, "shipping.events", "shipped"),
+        ]
+    );
+    let create = &d.messages[0];
+    assert_eq!(create.summary, "A shipment to create.");
+    let body: serde_json::Value =
+        serde_json::from_str(create.body_schema.as_deref().unwrap()).unwrap();
+    // `express` has a serde default: not required.
+    assert_eq!(body["required"], json!(["to"]));
+    assert_eq!(body["properties"]["to"]["description"], "Where to.");
+    let answer: serde_json::Value =
+        serde_json::from_str(create.answer_schema.as_deref().unwrap()).unwrap();
+    assert_eq!(answer["properties"]["id"]["minimum"], 0);
+    // Events have no answer; `schema` returns what describe declares.
+    assert!(d.messages[1].answer_schema.is_none());
+    assert_eq!(
+        module.schema("shipping.events", "shipped", false).unwrap()["title"],
+        "Shipped"
+    );
 }

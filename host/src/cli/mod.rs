@@ -1,5 +1,7 @@
 //! The command line: `up`, `build`, `check`, `send`, `dlq`.
 
+mod contracts;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -56,7 +58,16 @@ pub enum Command {
     /// Run every module's build command and install the artifacts.
     Build,
     /// Validate the manifest and every module; print the routes.
-    Check,
+    Check {
+        /// Also compare each module's declared schemas with the version the
+        /// host at this URL serves (e.g. http://127.0.0.1:8080): a change
+        /// that would refuse bodies it accepts is an error, as on reload.
+        #[arg(long, conflicts_with = "previous")]
+        against: Option<String>,
+        /// The same against an earlier component file: `NAME=FILE`; repeatable.
+        #[arg(long, value_parser = contracts::parse_previous)]
+        previous: Vec<(String, PathBuf)>,
+    },
     /// Send a command and print the answer.
     Send {
         topic: String,
@@ -140,7 +151,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up { no_build, listen } => up(manifest, no_build, listen).await,
         Command::Build => build(manifest).await,
-        Command::Check => check(&manifest).await,
+        Command::Check { against, previous } => {
+            let previous = match (against, previous) {
+                (Some(url), _) => Some(contracts::Previous::Host(url)),
+                (None, files) if !files.is_empty() => Some(contracts::Previous::Files(files)),
+                _ => None,
+            };
+            check(&manifest, previous).await
+        }
         Command::Send {
             topic,
             subtopic,
@@ -310,8 +328,8 @@ async fn dlq(manifest: &Manifest, action: DlqAction, base: &str) -> anyhow::Resu
     print_response(response).await
 }
 
-const TEMPLATE_LIB: &str = include_str!("../templates/module_lib.rs");
-const TEMPLATE_CARGO: &str = include_str!("../templates/module_Cargo.toml");
+const TEMPLATE_LIB: &str = include_str!("../../templates/module_lib.rs");
+const TEMPLATE_CARGO: &str = include_str!("../../templates/module_Cargo.toml");
 
 /// `switchyard new`: the crate, its place in the workspace, its manifest entry.
 fn scaffold(manifest: &Manifest, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
@@ -412,8 +430,12 @@ async fn print_replay_summary(response: reqwest::Response) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-/// Loads every module as `up` would and prints the routes.
-async fn check(manifest: &Manifest) -> anyhow::Result<ExitCode> {
+/// Loads every module as `up` would and prints the routes (and compares
+/// the contracts with `previous`).
+async fn check(
+    manifest: &Manifest,
+    previous: Option<contracts::Previous>,
+) -> anyhow::Result<ExitCode> {
     let engine = Arc::new(Engine::new()?);
     let registry = Registry::default();
     let routes = registry.load(&engine, manifest, None).await;
@@ -441,6 +463,29 @@ async fn check(manifest: &Manifest) -> anyhow::Result<ExitCode> {
             .filter(|f| f.severity == Severity::Error)
             .map(|f| format!("module {}: {}", f.module, f.message)),
     );
+    if let Some(previous) = previous {
+        let modules: Vec<_> = routes.modules.values().cloned().collect();
+        for c in contracts::compare(&engine, &modules, &previous).await? {
+            if c.breaking.is_empty() {
+                println!("contract {}: compatible with {}", c.module, c.against);
+                continue;
+            }
+            let list: Vec<String> = c.breaking.iter().map(ToString::to_string).collect();
+            let text = format!(
+                "contract {}: would refuse messages {} accepts: {}",
+                c.module,
+                c.against,
+                list.join("; ")
+            );
+            if c.allowed {
+                eprintln!("warning: {text} (allowed: allow-breaking = true)");
+            } else {
+                problems.push(format!(
+                    "{text} (a reload would be refused; set allow-breaking = true in its entry to allow it)"
+                ));
+            }
+        }
+    }
     for m in routes.modules.values() {
         println!("module {} {} ({})", m.name, m.version, m.file.display());
         for t in &m.topics {
