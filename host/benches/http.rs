@@ -8,6 +8,9 @@
 //!    committed to SQLite) at a steady 1,000 requests/s, p50/p99.
 //! 3. Memory: the process's peak RSS while 1,000 connections keep a restock
 //!    in flight each.
+//! 4. Shadow: the restock latency of 2. with a candidate of inventory in its
+//!    shadow (every restock also run by the candidate, off the live path),
+//!    between two runs without one (`HTTP_BENCH_ONLY_SHADOW=1`: this alone).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -57,9 +60,12 @@ async fn run() -> anyhow::Result<()> {
     let secs = seconds();
     println!("http benchmark: wrk, {secs} s per run, 127.0.0.1");
 
-    throughput(&scripts, &base, &bare_base, secs)?;
-    steady_latency(&scripts, &base, &bare_base, secs)?;
-    memory_under_load(&scripts, &base, secs)?;
+    if std::env::var_os("HTTP_BENCH_ONLY_SHADOW").is_none() {
+        throughput(&scripts, &base, &bare_base, secs)?;
+        steady_latency(&scripts, &base, &bare_base, secs)?;
+        memory_under_load(&scripts, &base, secs)?;
+    }
+    shadow_overhead(&scripts, &client, &base, project.path(), secs).await?;
     host.stop().await;
     Ok(())
 }
@@ -230,6 +236,63 @@ fn steady_latency(
         paced_restock.rps, paced_restock.p50_ms, paced_restock.p99_ms, floor.p50_ms, floor.p99_ms
     );
     Ok((paced_restock, floor))
+}
+
+/// 4. What a shadow costs live traffic: restock latency at ~1,000 req/s
+///    without, with and again without a candidate of inventory (the same
+///    code) in its shadow. The candidate file is dropped into the plugins
+///    folder and removed again, as an operator would; the watcher reloads.
+async fn shadow_overhead(
+    scripts: &Scripts,
+    client: &reqwest::Client,
+    base: &str,
+    project: &Path,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let shadow = |present: bool| async move {
+        for _ in 0..200 {
+            let status = client
+                .get(format!("{base}/v1/modules/inventory/shadow"))
+                .send()
+                .await?
+                .status();
+            if status.is_success() == present {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!(
+            "the shadow did not {}",
+            if present { "start" } else { "stop" }
+        )
+    };
+    let candidate = project.join("plugins/inventory.shadow.wasm");
+    let before = wrk(&scripts.restock_paced, base, 20, secs)?;
+    std::fs::copy(project.join("plugins/inventory.wasm"), &candidate)?;
+    shadow(true).await?;
+    let with = wrk(&scripts.restock_paced, base, 20, secs)?;
+    let status: serde_json::Value = client
+        .get(format!("{base}/v1/modules/inventory/shadow"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    std::fs::remove_file(&candidate)?;
+    shadow(false).await?;
+    let after = wrk(&scripts.restock_paced, base, 20, secs)?;
+    let without = (before.p99_ms + after.p99_ms) / 2.0;
+    println!(
+        "  restock at ~1,000 req/s with a shadow: p50 {:.2} ms, p99 {:.2} ms   without (before / after): p99 {:.2} / {:.2} ms   p99 ratio {:.2}   (shadow compared {}, matched {}, skipped {})",
+        with.p50_ms,
+        with.p99_ms,
+        before.p99_ms,
+        after.p99_ms,
+        with.p99_ms / without,
+        status["counts"]["compared"],
+        status["counts"]["matched"],
+        status["counts"]["skipped"],
+    );
+    Ok(())
 }
 
 /// 3. Memory: this process's RSS before and at its peak (KiB) while 1,000

@@ -30,6 +30,10 @@ pub const DEAD_LETTERS: &str = "switchyard_dead_letters_total";
 /// Versions of a module that replaced another one while serving, by `module`.
 pub const RELOADS: &str = "switchyard_module_reloads_total";
 pub const CONFLICTS: &str = "switchyard_version_conflicts_total";
+/// Copies of live messages a shadow candidate took, by `module` and
+/// `result`: matched, differed, candidate-failed, skipped (queue full), and
+/// diverged-read (also counted under its result).
+pub const SHADOW_MESSAGES: &str = "switchyard_shadow_messages_total";
 /// New versions given back to the version they replaced, by `module`.
 pub const ROLLBACKS: &str = "switchyard_module_rollbacks_total";
 /// Outbox entries not yet handed to the broker (with a broker only).
@@ -189,6 +193,13 @@ impl Metrics {
             text("Tries of a message rerun because a document's version moved under it."),
         );
         r.describe_counter(
+            SHADOW_MESSAGES.into(),
+            None,
+            text(
+                "Copies of live messages a shadow candidate took, by how its comparison came out.",
+            ),
+        );
+        r.describe_counter(
             RELOADS.into(),
             None,
             text("New versions of a module that replaced the serving one."),
@@ -278,6 +289,19 @@ impl Metrics {
     pub fn conflict(&self, module: &str) {
         self.counter(CONFLICTS, vec![Label::new("module", module.to_string())])
             .increment(1);
+    }
+
+    /// A copy of a `module` message its shadow candidate took, and how the
+    /// comparison came out.
+    pub fn shadowed(&self, module: &str, result: &'static str) {
+        self.counter(
+            SHADOW_MESSAGES,
+            vec![
+                Label::new("module", module.to_string()),
+                Label::new("result", result),
+            ],
+        )
+        .increment(1);
     }
 
     /// A new version of `module` replaced the serving one.

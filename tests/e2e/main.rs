@@ -25,5 +25,6 @@ mod reload;
 mod responsive;
 mod saga;
 mod sandbox;
+mod shadow;
 mod soak;
 mod telemetry;

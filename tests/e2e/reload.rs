@@ -34,7 +34,7 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// `component` with one more custom section: the same code, another sha256
 /// (as a rebuild with another version stamp would give).
-fn variant(component: &[u8], tag: &str) -> Vec<u8> {
+pub(crate) fn variant(component: &[u8], tag: &str) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let byte = (n & 0x7f) as u8;

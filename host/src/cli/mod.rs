@@ -1,6 +1,7 @@
 //! The command line: `up`, `build`, `check`, `send`, `dlq`.
 
 mod contracts;
+mod shadow;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +97,14 @@ pub enum Command {
         /// The modules' cargo workspace, relative to the manifest's folder.
         #[arg(long, default_value = "plugins")]
         dir: PathBuf,
+    },
+    /// Run a candidate version beside a module on copies of its messages,
+    /// then promote or drop it (uses the admin token).
+    Shadow {
+        #[command(subcommand)]
+        action: shadow::ShadowAction,
+        #[arg(long, global = true)]
+        url: Option<String>,
     },
     /// Inspect and replay dead letters (uses the admin token).
     Dlq {
@@ -196,6 +205,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));
             dlq(&manifest, action, &base).await
         }
+        Command::Shadow { action, url } => {
+            let base = url.unwrap_or_else(|| format!("http://{}", manifest.host.listen));
+            let token = admin_token(&manifest)?;
+            let response = shadow::request(action, &base, &token).await?;
+            print_response(response).await
+        }
     }
 }
 
@@ -288,14 +303,18 @@ async fn send_http(
 }
 
 /// `switchyard dlq list|replay` against the host at `base`.
-async fn dlq(manifest: &Manifest, action: DlqAction, base: &str) -> anyhow::Result<ExitCode> {
+/// The admin token, from the variable `host.admin-token-env` names.
+fn admin_token(manifest: &Manifest) -> anyhow::Result<String> {
     let var = manifest
         .host
         .admin_token_env
         .clone()
         .context("host.admin-token-env is not set in the manifest")?;
-    let token = std::env::var(&var)
-        .with_context(|| format!("the admin token variable {var} is not set"))?;
+    std::env::var(&var).with_context(|| format!("the admin token variable {var} is not set"))
+}
+
+async fn dlq(manifest: &Manifest, action: DlqAction, base: &str) -> anyhow::Result<ExitCode> {
+    let token = admin_token(manifest)?;
     let client = reqwest::Client::new();
     let request = match action {
         DlqAction::List { topic } => {

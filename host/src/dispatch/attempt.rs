@@ -3,17 +3,21 @@
 
 use serde_json::value::RawValue;
 
+use std::sync::Arc;
+
+use super::shadow::{self, Observed};
 use super::{ATTEMPT, Dispatcher, Keep};
+use crate::metrics::Metrics;
 use crate::registry::LoadedModule;
 use crate::sandbox::bindings::switchyard::module::types as wit;
-use crate::sandbox::engine::EPOCH_TICK;
+use crate::sandbox::engine::{EPOCH_TICK, Engine};
 use crate::sandbox::uow::{MessageMeta, UnitOfWork};
 use switchyard_model::contract::Direction;
 use switchyard_model::envelope::Envelope;
 use switchyard_model::grants::clip;
 use switchyard_model::outcome::{Answer, FailureKind};
 use switchyard_model::trace;
-use switchyard_store::{Commit, StoreError};
+use switchyard_store::{Commit, MessageStore, StoreError, Write};
 
 /// Longest error text of a module's `handle-error` the host keeps (in its
 /// log, dead letters, failure events and HTTP answers); the rest is cut.
@@ -44,80 +48,82 @@ impl Dispatcher {
         keep: Keep,
         trace: &trace::Handling,
     ) -> Attempt {
+        // A candidate version in the module's shadow sees a copy of this
+        // try once it is over: the live reads are recorded for it.
+        let shadow = self.shadows.runner(&self.registry.routes(), &module.name);
+        let recording = shadow
+            .as_ref()
+            .map(|_| Arc::new(shadow::Recording::new(self.store.clone())));
+        let (result, observed) = self
+            .try_once(module, envelope, attempt, keep, trace, recording.clone())
+            .await;
+        if let (Some(runner), Some(live), Some(recording)) = (shadow, observed, recording) {
+            runner.offer(envelope.clone(), attempt, live, recording.reads());
+        }
+        result
+    }
+
+    /// One try, and what it did as a shadow compares it when `recording`
+    /// (`None` for a duplicate, a conflict or a store failure: nothing to
+    /// compare).
+    async fn try_once(
+        &self,
+        module: &LoadedModule,
+        envelope: &Envelope,
+        attempt: u32,
+        keep: Keep,
+        trace: &trace::Handling,
+        recording: Option<Arc<shadow::Recording>>,
+    ) -> (Attempt, Option<Observed>) {
+        let failed = |a: Attempt| {
+            let observed = observation(&a);
+            (a, observed)
+        };
         if let Err(refused) = check_body(module, envelope) {
-            return refused;
+            return failed(refused);
         }
         let slot = self
             .slots
             .acquire(&module.name, module.limits.max_concurrency)
             .await;
         let Some(_slot) = slot else {
-            return Attempt::Failed(FailureKind::Unavailable, "host is shutting down".into());
-        };
-        match self.run_guest(module, envelope, attempt, trace).await {
-            Ok((output, uow)) => self.commit(module, envelope, output, uow, keep).await,
-            Err(failed) => failed,
-        }
-    }
-
-    /// Runs `handle` in a fresh instance under the module's limits: its
-    /// output (JSON) and unit of work, or how the try ended instead.
-    async fn run_guest(
-        &self,
-        module: &LoadedModule,
-        envelope: &Envelope,
-        attempt: u32,
-        trace: &trace::Handling,
-    ) -> Result<(Box<RawValue>, UnitOfWork), Attempt> {
-        let meta = MessageMeta {
-            id: envelope.id.clone(),
-            correlation_id: envelope.correlation_id().to_string(),
-            traceparent: trace.child(),
-        };
-        let uow = UnitOfWork::new(module.grants.clone(), self.store.clone(), meta);
-        let mut store =
-            self.engine
-                .new_store(uow, module.limits.max_memory_mb, module.limits.timeout);
-        let message = guest_envelope(envelope, attempt);
-        let call = async {
-            let instantiating = std::time::Instant::now();
-            let guest = module.pre.instantiate_async(&mut store).await?;
-            self.metrics
-                .instantiated(&module.name, instantiating.elapsed());
-            guest.call_handle(&mut store, &message).await
-        };
-        // The epoch deadline stops guest code; this also bounds time spent
-        // inside host calls.
-        let timeout = module.limits.timeout;
-        let result = tokio::time::timeout(timeout + EPOCH_TICK * 3, call).await;
-        let peak = u64::try_from(store.data().peak_memory()).unwrap_or(u64::MAX);
-        (module.stats.peak_memory).fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
-        let uow = &store.data().uow;
-        if let Some(e) = &uow.store_error {
-            return Err(Attempt::Failed(
+            return failed(Attempt::Failed(
                 FailureKind::Unavailable,
-                format!("store: {e}"),
+                "host is shutting down".into(),
             ));
+        };
+        let shadowed = recording.is_some();
+        let reads: Arc<dyn MessageStore> = match recording {
+            Some(r) => r,
+            None => self.store.clone(),
+        };
+        let ran = run_guest(
+            &self.engine,
+            Some(&self.metrics),
+            module,
+            reads,
+            envelope,
+            attempt,
+            trace,
+        )
+        .await;
+        let (output, uow) = match ran {
+            Ok(ran) => ran,
+            Err(refused) => return failed(refused),
+        };
+        let (writes, events) = uow.into_parts();
+        if let Err(refused) = check_events(module, &events) {
+            return failed(refused);
         }
-        let output = match result {
-            Err(_) => Err(Attempt::Failed(
-                FailureKind::Timeout,
-                format!("ran past its {timeout:?}"),
-            )),
-            Ok(Err(e)) => Err(match e.downcast_ref::<wasmtime::Trap>() {
-                Some(wasmtime::Trap::Interrupt) => {
-                    Attempt::Failed(FailureKind::Timeout, format!("ran past its {timeout:?}"))
-                }
-                _ => Attempt::Failed(FailureKind::Trap, trap_message(&e)),
-            }),
-            Ok(Ok(Err(error))) => Err(refused(error, uow.conflicted.clone())),
-            Ok(Ok(Ok(output))) => answer(output, module.grants.budgets.answer_bytes),
-        }?;
-        let uow = std::mem::replace(
-            &mut store.data_mut().uow,
-            UnitOfWork::detached(module.grants.clone()),
-        );
-        Ok((output, uow))
+        let observed = shadowed.then(|| Observed::ok(output.get(), &writes, &events));
+        let result = self
+            .commit(module, envelope, output, writes, events, keep)
+            .await;
+        let observed = match &result {
+            Attempt::Committed(_) => observed,
+            other => observation(other),
+        };
+        (result, observed)
     }
 
     /// Commits a handled message's unit of work with its answer.
@@ -126,27 +132,10 @@ impl Dispatcher {
         module: &LoadedModule,
         envelope: &Envelope,
         output: Box<RawValue>,
-        uow: UnitOfWork,
+        writes: Vec<Write>,
+        events: Vec<Envelope>,
         keep: Keep,
     ) -> Attempt {
-        let (writes, events) = uow.into_parts();
-        for event in &events {
-            let checked = module.contract.check(
-                Direction::Emits,
-                &event.topic,
-                &event.subtopic,
-                event.body_text(),
-            );
-            if let Err(problem) = checked {
-                return Attempt::Failed(
-                    FailureKind::Invalid,
-                    format!(
-                        "emitted event {}/{} does not match its declared schema: {problem}",
-                        event.topic, event.subtopic
-                    ),
-                );
-            }
-        }
         let answer = Answer {
             output,
             events: events.iter().map(event_json).collect(),
@@ -228,10 +217,107 @@ impl Dispatcher {
     }
 }
 
+/// Runs `handle` in a fresh instance under the module's limits: its
+/// output (JSON) and unit of work, or how the try ended instead. Its
+/// reads go to `store`; `metrics`: where the instantiation is timed.
+pub(super) async fn run_guest(
+    engine: &Engine,
+    metrics: Option<&Metrics>,
+    module: &LoadedModule,
+    store: Arc<dyn MessageStore>,
+    envelope: &Envelope,
+    attempt: u32,
+    trace: &trace::Handling,
+) -> Result<(Box<RawValue>, UnitOfWork), Attempt> {
+    let meta = MessageMeta {
+        id: envelope.id.clone(),
+        correlation_id: envelope.correlation_id().to_string(),
+        traceparent: trace.child(),
+    };
+    let uow = UnitOfWork::new(module.grants.clone(), store, meta);
+    let mut store = engine.new_store(uow, module.limits.max_memory_mb, module.limits.timeout);
+    let message = guest_envelope(envelope, attempt);
+    let call = async {
+        let instantiating = std::time::Instant::now();
+        let guest = module.pre.instantiate_async(&mut store).await?;
+        if let Some(metrics) = metrics {
+            metrics.instantiated(&module.name, instantiating.elapsed());
+        }
+        guest.call_handle(&mut store, &message).await
+    };
+    // The epoch deadline stops guest code; this also bounds time spent
+    // inside host calls.
+    let timeout = module.limits.timeout;
+    let result = tokio::time::timeout(timeout + EPOCH_TICK * 3, call).await;
+    let peak = u64::try_from(store.data().peak_memory()).unwrap_or(u64::MAX);
+    (module.stats.peak_memory).fetch_max(peak, std::sync::atomic::Ordering::Relaxed);
+    let uow = &store.data().uow;
+    if let Some(e) = &uow.store_error {
+        return Err(Attempt::Failed(
+            FailureKind::Unavailable,
+            format!("store: {e}"),
+        ));
+    }
+    let output = match result {
+        Err(_) => Err(Attempt::Failed(
+            FailureKind::Timeout,
+            format!("ran past its {timeout:?}"),
+        )),
+        Ok(Err(e)) => Err(match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => {
+                Attempt::Failed(FailureKind::Timeout, format!("ran past its {timeout:?}"))
+            }
+            _ => Attempt::Failed(FailureKind::Trap, trap_message(&e)),
+        }),
+        Ok(Ok(Err(error))) => Err(refused(error, uow.conflicted.clone())),
+        Ok(Ok(Ok(output))) => answer(output, module.grants.budgets.answer_bytes),
+    }?;
+    let uow = std::mem::replace(
+        &mut store.data_mut().uow,
+        UnitOfWork::detached(module.grants.clone()),
+    );
+    Ok((output, uow))
+}
+
+/// Checks each emitted event against the schema the module declared for
+/// its topic/subtopic: one that does not match fails the message as
+/// `invalid`, naming the event.
+pub(super) fn check_events(module: &LoadedModule, events: &[Envelope]) -> Result<(), Attempt> {
+    for event in events {
+        let checked = module.contract.check(
+            Direction::Emits,
+            &event.topic,
+            &event.subtopic,
+            event.body_text(),
+        );
+        if let Err(problem) = checked {
+            return Err(Attempt::Failed(
+                FailureKind::Invalid,
+                format!(
+                    "emitted event {}/{} does not match its declared schema: {problem}",
+                    event.topic, event.subtopic
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a failed try says for a shadow's comparison (nothing for a
+/// duplicate, a conflict or the store's own failure).
+pub(super) fn observation(a: &Attempt) -> Option<Observed> {
+    match a {
+        Attempt::Failed(kind, message) if *kind != FailureKind::Unavailable => {
+            Some(Observed::failed(*kind, message))
+        }
+        _ => None,
+    }
+}
+
 /// Checks the body against the schema the module declared for this
 /// command (or consumed event), before any instance exists: a body that
 /// does not match fails as `invalid` with the paths and rules it broke.
-fn check_body(module: &LoadedModule, envelope: &Envelope) -> Result<(), Attempt> {
+pub(super) fn check_body(module: &LoadedModule, envelope: &Envelope) -> Result<(), Attempt> {
     if !module.contract.validates() {
         return Ok(());
     }

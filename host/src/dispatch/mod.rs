@@ -4,6 +4,7 @@
 
 mod attempt;
 mod failure;
+pub mod shadow;
 mod slots;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -76,6 +77,8 @@ pub struct Dispatcher {
     slots: slots::Slots,
     /// Span export, when `[telemetry]` configures it.
     telemetry: Option<Arc<Telemetry>>,
+    /// Candidate versions that see copies of their module's messages.
+    shadows: shadow::Shadows,
 }
 
 impl Dispatcher {
@@ -86,10 +89,8 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            engine,
-            store,
             registry,
-            metrics,
+            metrics: metrics.clone(),
             log_appended: Arc::new(Notify::new()),
             partitions: (0..PARTITION_STRIPES).map(|_| Mutex::new(())).collect(),
             hot_keys: (0..HOT_KEY_STRIPES)
@@ -98,6 +99,9 @@ impl Dispatcher {
             hasher: Default::default(),
             slots: slots::Slots::new(GUEST_SLOTS),
             telemetry: None,
+            shadows: shadow::Shadows::new(engine.clone(), store.clone(), metrics),
+            engine,
+            store,
         }
     }
 
@@ -116,6 +120,18 @@ impl Dispatcher {
     /// The names of the modules loaded now.
     pub fn module_names(&self) -> Vec<String> {
         self.registry.routes().modules.keys().cloned().collect()
+    }
+
+    /// What the candidate in `module`'s shadow did so far, if it has one.
+    pub fn shadow_status(&self, module: &str) -> Option<serde_json::Value> {
+        self.shadows.status(&self.registry.routes(), module)
+    }
+
+    /// The candidate in `module`'s shadow and its difference rate so far.
+    pub fn shadow(&self, module: &str) -> Option<(Arc<LoadedModule>, f64)> {
+        self.shadows
+            .runner(&self.registry.routes(), module)
+            .map(|r| (r.candidate.clone(), r.diff_rate()))
     }
 
     /// The host's metrics, which every handling updates.

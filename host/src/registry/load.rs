@@ -109,12 +109,17 @@ impl Registry {
         let mut gathered = Gathered::default();
         loader.load_named(manifest, &mut gathered).await;
         loader.load_drop_ins(manifest, &mut gathered).await;
+        let shadows = loader.load_shadows(manifest, &mut gathered).await;
         let Gathered {
             modules,
             mut problems,
             rolled_back,
         } = gathered;
         let mut routes = resolve(modules, previous, &mut problems);
+        routes.shadows = shadows
+            .into_iter()
+            .filter(|(name, _)| routes.modules.contains_key(name))
+            .collect();
         for p in &problems {
             tracing::error!(module = %p.module, file = %p.file.display(), "{}", p.message);
         }
@@ -179,6 +184,56 @@ impl Loader<'_> {
             }
             gathered.note(&label, &file, result.rolled_back, result.problem);
         }
+    }
+
+    /// The candidates of the plugins folder, `NAME.shadow.wasm`: each goes
+    /// through the checks of a reload (world, `describe`, limits: those of
+    /// the module it shadows) and must declare the live module's name. A
+    /// candidate claims no topic; routing never sees it.
+    async fn load_shadows(
+        &self,
+        manifest: &Manifest,
+        gathered: &mut Gathered,
+    ) -> BTreeMap<String, Arc<LoadedModule>> {
+        let mut shadows = BTreeMap::new();
+        for (name, file) in shadow_files(&manifest.host.plugins_dir) {
+            let label = format!("{name} (shadow)");
+            let Some(live) = gathered.modules.iter().find(|m| m.name == name).cloned() else {
+                let message = format!(
+                    "{} is a shadow candidate of module '{name}', which is not loaded",
+                    file.display()
+                );
+                gathered.note(&label, &file, None, Some(message));
+                continue;
+            };
+            // The live module's limits and grants; never rolled back, and
+            // compared with the live version rather than checked for
+            // breaking changes (the comparison is the point).
+            let entry = live.entry.clone().map(|mut e| {
+                e.allow_breaking = true;
+                e
+            });
+            let old = self.previous.and_then(|p| p.shadows.get(&name));
+            let result = self.load_file(&name, entry.as_ref(), 0, &file, old).await;
+            let candidate = match result.module {
+                Some(c) if c.contract.declared.module != name => {
+                    let message = format!(
+                        "the candidate declares module '{}'; a shadow of '{name}' must declare '{name}'",
+                        c.contract.declared.module
+                    );
+                    gathered.note(&label, &file, None, Some(message));
+                    continue;
+                }
+                Some(c) => c,
+                None => {
+                    gathered.note(&label, &file, None, result.problem);
+                    continue;
+                }
+            };
+            gathered.note(&label, &file, None, result.problem);
+            shadows.insert(name, candidate);
+        }
+        shadows
     }
 
     /// Loads one file unless it is unchanged; see [`Registry::load`].
@@ -467,8 +522,34 @@ fn drop_ins(dir: &Path, manifest: &Manifest) -> Vec<PathBuf> {
         .map(|e| e.path())
         .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "wasm"))
         .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| !named.iter().any(|f| n == *f))
+            p.file_name().is_some_and(|n| {
+                !named.iter().any(|f| n == *f) && !n.to_string_lossy().ends_with(SHADOW_SUFFIX)
+            })
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// A candidate's file name: `NAME.shadow.wasm` beside the live module's.
+pub const SHADOW_SUFFIX: &str = ".shadow.wasm";
+
+/// The shadow candidates of the plugins folder, by the module they shadow.
+fn shadow_files(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter_map(|p| {
+            let name = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(SHADOW_SUFFIX)?
+                .to_string();
+            (!name.is_empty()).then_some((name, p))
         })
         .collect();
     files.sort();

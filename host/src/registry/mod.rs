@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::Serialize;
 
 use crate::metrics::Metrics;
+pub use load::SHADOW_SUFFIX;
 pub use module::{LoadedModule, ModuleLimits, ModuleStats, Source, Verdict};
 use routes::resolve;
 pub use switchyard_model::grants::Grants;
@@ -41,6 +42,10 @@ pub struct Routes {
     /// Module name -> sha256 of the version that was rolled back (and is
     /// not loaded again until its file changes).
     pub rolled_back: BTreeMap<String, String>,
+    /// Module name -> the candidate version running in its shadow
+    /// (`NAME.shadow.wasm`): loaded and checked like any version, but
+    /// invisible to routing (see [`crate::shadow`]).
+    pub shadows: BTreeMap<String, Arc<LoadedModule>>,
 }
 
 /// A version that was rolled back, remembered so a later reload does not
@@ -168,6 +173,7 @@ impl Registry {
         let mut routes = resolve(loaded, Some(&current), &mut problems);
         routes.problems = problems;
         routes.rolled_back = current.rolled_back.clone();
+        routes.shadows = current.shadows.clone();
         routes
             .rolled_back
             .insert(failing.name.clone(), failing.sha256.clone());

@@ -33,6 +33,11 @@ impl Reloader {
         }
     }
 
+    /// The plugins folder plugins.toml names now.
+    pub fn plugins_dir(&self) -> Result<PathBuf, ManifestError> {
+        Manifest::load(&self.manifest_path).map(|m| m.host.plugins_dir)
+    }
+
     /// One reload at a time (and never during a rollback); a manifest that
     /// does not load changes nothing and is reported on `/v1/modules`.
     pub async fn reload(&self) -> Result<ReloadSummary, ManifestError> {

@@ -44,12 +44,14 @@ pub mod switchyard {
 }
 
 /// Links the imports of both worlds (they are the same interfaces).
-pub fn add_to_linker<T: Send + 'static>(
+pub fn add_to_linker<T>(
     linker: &mut wasmtime::component::Linker<T>,
     state: fn(&mut T) -> &mut T,
 ) -> wasmtime::Result<()>
 where
-    T: switchyard::module::repository::Host
+    T: Send
+        + 'static
+        + switchyard::module::repository::Host
         + switchyard::module::events::Host
         + switchyard::module::config::Host
         + switchyard::module::log::Host

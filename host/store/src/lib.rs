@@ -16,7 +16,7 @@ use std::time::Duration;
 use switchyard_model::envelope::Envelope;
 
 pub use memory::MemoryStore;
-pub use message::MessageStore;
+pub use message::{MessageStore, StoreFuture};
 pub use postgres::{DEFAULT_COMMITTERS, DEFAULT_MAX_GROUP, PostgresStore};
 pub use sqlite::SqliteStore;
 

@@ -8,6 +8,7 @@ mod documents;
 mod guard;
 mod messages;
 mod operations;
+mod shadow;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -91,6 +92,18 @@ pub fn router(state: Arc<ApiState>, max_body_bytes: usize) -> Router {
         .route("/v1/topics/{topic}/{subtopic}", post(messages::post_topic))
         .route("/v1/modules", get(operations::list_modules))
         .route("/v1/modules/{name}/contract", get(documents::contract))
+        .route("/v1/modules/{name}/shadow", get(shadow::status))
+        .route(
+            "/v1/admin/modules/{name}/shadow",
+            // A component (a Python one is tens of MiB), not a message body.
+            axum::routing::put(shadow::start)
+                .layer(DefaultBodyLimit::max(shadow::MAX_CANDIDATE_BYTES))
+                .delete(shadow::drop),
+        )
+        .route(
+            "/v1/admin/modules/{name}/shadow/promote",
+            post(shadow::promote),
+        )
         .route("/v1/admin/reload", post(operations::reload))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route(
