@@ -3,121 +3,132 @@
 Subscribes to `orders.events`: `placed`, `confirmed` and `rejected` each
 update the order's notification in this module's own `notifications`
 collection (the text a customer would be sent, and the history of what
-happened). Owns command topic `notifications`: `get {order_id}` answers the
-document.
+happened); other order events are acknowledged and ignored. Owns command
+topic `notifications`: `get {order_id}` answers the document.
 
-Written against world `module` of WIT switchyard:module@0.1.0
-(`wit/deps/switchyard-module-0.1.0`: untyped, no schemas) and built into a component with
-componentize-py (see README.md beside this file).
+Written with the Python SDK (`plugins/sdk-py`) against world `module` of WIT
+switchyard:module@0.2.0: `describe` declares a JSON Schema per message,
+derived from the dataclasses below, so the host checks bodies before the
+module runs. Built into a component with componentize-py (see README.md
+beside this file); tested natively with `python3 -m pytest plugins/notifications-py`.
 """
 
-import json
+from dataclasses import dataclass, field
+from enum import Enum
 
-import wit_world
-from componentize_py_types import Err
-from wit_world.imports import clock, log, repository, types
+from switchyard_sdk import Ctx, Module, Rejected, export
 
-NAME = "notifications"
-VERSION = "0.1.0"
 COLLECTION = "notifications"
-SUBSCRIBES = "orders.events"
+ORDER_EVENTS = "orders.events"
+
+
+class Status(Enum):
+    """Where an order stands, as the order events tell it."""
+
+    PLACED = "placed"
+    CONFIRMED = "confirmed"
+    REJECTED = "rejected"
+
 
 TEXTS = {
-    "placed": "We received your order {order_id}.",
-    "confirmed": "Your order {order_id} is confirmed.",
-    "rejected": "Sorry, your order {order_id} could not be fulfilled.",
+    Status.PLACED: "We received your order {order_id}.",
+    Status.CONFIRMED: "Your order {order_id} is confirmed.",
+    Status.REJECTED: "Sorry, your order {order_id} could not be fulfilled.",
 }
 
 
-class Invalid(Exception):
-    """The message cannot be processed as it is: dead letter, no retry."""
+def _check_order_id(order_id: str) -> None:
+    """Refuses an empty id (a ValueError here makes the body invalid)."""
+    if not order_id:
+        raise ValueError("order_id must not be empty")
 
 
-class Rejected(Exception):
-    """A business rule refused the command: no retry, no dead letter."""
+@dataclass
+class OrderEvent:
+    """An order event; only the order it is about matters here."""
+
+    order_id: str
+    """The order's id."""
+
+    def __post_init__(self) -> None:
+        _check_order_id(self.order_id)
 
 
-class Transient(Exception):
-    """Worth another attempt: the host retries with backoff."""
+@dataclass
+class GetNotification:
+    """The notification of one order."""
+
+    order_id: str
+    """The order's id."""
+
+    def __post_init__(self) -> None:
+        _check_order_id(self.order_id)
 
 
-def repo_call(call, *args):
-    """Runs a repository import; its errors become the module's errors the
-    way the Rust SDK maps them (conflict/unavailable: transient)."""
-    try:
-        return call(*args)
-    except Err as e:
-        error = e.value
-        kind = type(error).__name__.removeprefix("RepoError_")
-        detail = getattr(error, "value", "")
-        if isinstance(error, (repository.RepoError_VersionConflict, repository.RepoError_Unavailable)):
-            raise Transient(f"repository: {kind} {detail}") from None
-        raise Invalid(f"repository: {kind} {detail}") from None
+@dataclass
+class Entry:
+    """One order event, as it arrived."""
+
+    event: Status
+    """Which event."""
+    at_ms: int
+    """When it was handled, in milliseconds since the Unix epoch."""
+    id: str
+    """The event's message id."""
 
 
-def body_of(message: types.Envelope) -> dict:
-    try:
-        body = json.loads(message.body)
-    except json.JSONDecodeError as e:
-        raise Invalid(f"body of {message.topic}/{message.subtopic} is not JSON: {e}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("order_id"), str) or not body["order_id"]:
-        raise Invalid(f"body of {message.topic}/{message.subtopic}: missing field `order_id`")
-    return body
+@dataclass
+class Notification:
+    """What a customer is told about an order, and what happened to it."""
+
+    order_id: str
+    status: Status
+    """The order's fate as far as known: a late `placed` does not undo it."""
+    text: str
+    """The text a customer would be sent."""
+    history: list[Entry] = field(default_factory=list)
+    """Every order event, once each, in the order they arrived."""
 
 
-def on_order_event(message: types.Envelope) -> None:
-    body = body_of(message)
-    order_id = body["order_id"]
-    existing = repo_call(repository.get, COLLECTION, order_id)
-    if existing is None:
-        doc, version = {"order_id": order_id, "history": []}, 0
+module = Module("notifications", "0.2.0")
+
+
+@module.on_event(ORDER_EVENTS, Status.PLACED.value)
+@module.on_event(ORDER_EVENTS, Status.CONFIRMED.value)
+@module.on_event(ORDER_EVENTS, Status.REJECTED.value)
+def on_order_event(ctx: Ctx, event: OrderEvent) -> None:
+    happened = Status(ctx.subtopic)
+    order_id = event.order_id
+    current = ctx.get(COLLECTION, order_id, Notification)
+    if current is None:
+        doc = Notification(order_id, happened, TEXTS[happened].format(order_id=order_id))
+        version = 0
     else:
-        doc, version = json.loads(existing.value), existing.version
+        doc, version = current.value, current.version
     # A redelivered event (same id) is dropped by the host's inbox; this
     # guards against the same transition arriving under another id.
-    if any(h["event"] == message.subtopic for h in doc["history"]):
+    if any(entry.event is happened for entry in doc.history):
         return
-    doc["history"].append({"event": message.subtopic, "at_ms": clock.now_ms(), "id": message.id})
+    doc.history.append(Entry(event=happened, at_ms=ctx.now_ms(), id=ctx.id))
     # `placed` may arrive after `confirmed` under a partition key: the last
     # word on the order's fate wins over `placed`.
-    if message.subtopic != "placed" or "status" not in doc:
-        doc["status"] = message.subtopic
-        doc["text"] = TEXTS[message.subtopic].format(order_id=order_id)
-    repo_call(repository.put, COLLECTION, order_id, json.dumps(doc), version)
-    log.log(log.Level.INFO, f"notification for {order_id}: {doc['status']}")
+    if happened is not Status.PLACED:
+        doc.status = happened
+        doc.text = TEXTS[happened].format(order_id=order_id)
+    # Expected version: 0 (must not exist) or the one read; if another
+    # message wrote meanwhile this is a conflict and the host runs it again.
+    ctx.put(COLLECTION, order_id, doc, expected=version)
+    ctx.info(f"notification for {order_id}: {doc.status.value}")
 
 
-def get(message: types.Envelope) -> dict:
-    order_id = body_of(message)["order_id"]
-    existing = repo_call(repository.get, COLLECTION, order_id)
-    if existing is None:
-        raise Rejected(f"no notification for order '{order_id}'")
-    return json.loads(existing.value)
+@module.command("notifications", "get")
+def get(ctx: Ctx, query: GetNotification) -> Notification:
+    found = ctx.get(COLLECTION, query.order_id, Notification)
+    if found is None:
+        raise Rejected(f"no notification for order '{query.order_id}'")
+    return found.value
 
 
-class WitWorld(wit_world.WitWorld):
-    def describe(self) -> types.Descriptor:
-        return types.Descriptor(
-            name=NAME,
-            version=VERSION,
-            topics=[NAME],
-            subscribes=[SUBSCRIBES],
-            emits=[],
-        )
-
-    def handle(self, message: types.Envelope) -> str:
-        try:
-            if message.topic == SUBSCRIBES:
-                if message.subtopic in TEXTS:
-                    on_order_event(message)
-                # Other order events are acknowledged and ignored.
-                return "null"
-            if message.topic == NAME and message.subtopic == "get":
-                return json.dumps(get(message))
-            raise Invalid(f"module {NAME} does not handle {message.topic}/{message.subtopic}")
-        except Invalid as e:
-            raise Err(types.HandleError_Invalid(str(e))) from None
-        except Rejected as e:
-            raise Err(types.HandleError_Rejected(str(e))) from None
-        except Transient as e:
-            raise Err(types.HandleError_Transient(str(e))) from None
+# The component's `describe` and `handle` (componentize-py looks for
+# `WitWorld` here); None in native tests, which use switchyard_sdk.testing.
+WitWorld = export(module)
