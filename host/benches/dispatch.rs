@@ -45,6 +45,9 @@ async fn run() -> anyhow::Result<()> {
     );
     let bare = bare_sandbox(&bench).await;
     validation_cost(&bench, bare).await;
+    if std::env::var_os("DISPATCH_BENCH_PYTHON").is_some() {
+        return python_cost(bare).await;
+    }
     if std::env::var_os("DISPATCH_BENCH_ONLY_BARE").is_some() {
         // For profiling the sandbox alone (`perf record`).
         return Ok(());
@@ -117,7 +120,7 @@ fn new_dispatcher(
 async fn bare_sandbox(bench: &Bench) -> Duration {
     let bare = median(ROUNDS, || bare_call(&bench.engine, &bench.module)).await;
     print_rate("  bare instantiate + handle (no store call):   ", bare);
-    print_breakdown(&bench.engine, &bench.module).await;
+    print_breakdown(&bench.engine, &bench.module, BARE_CALLS).await;
     bare
 }
 
@@ -192,6 +195,43 @@ async fn telemetry_cost(bench: &Bench, round: &mut usize) -> anyhow::Result<(Dur
 }
 
 /// One figure as per-message time and rate; `label` pads the columns.
+/// `DISPATCH_BENCH_PYTHON=1`: the Python example module (on the Python
+/// SDK, built with componentize-py) through the same bare instantiate +
+/// `handle`, beside the Rust inventory's figure of the same run, and where
+/// its time goes.
+async fn python_cost(rust_bare: Duration) -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    switchyard::builder::ensure_componentize_py()?;
+    std::fs::create_dir_all(root.join("plugins/target/python"))?;
+    switchyard::builder::run_command(
+        "componentize-py -d wit -w module componentize -p plugins/notifications-py -p plugins/sdk-py app \
+         -o plugins/target/python/notifications.wasm",
+        &root,
+        "notifications",
+    )?;
+    let manifest = "[modules.notifications]\nfile = \"notifications.wasm\"\n";
+    let loaded = support::load(
+        &root.join("plugins/target/python/notifications.wasm"),
+        "notifications",
+        manifest,
+    )
+    .await?;
+    const PYTHON_CALLS: usize = 200;
+    let python = median(ROUNDS, || {
+        bare_calls(&loaded.engine, &loaded.module, PYTHON_CALLS)
+    })
+    .await;
+    print_rate("  Python (notifications) instantiate + handle:  ", python);
+    println!(
+        "  Python / Rust per message: {:.1}x ({:.1} us vs {:.1} us)",
+        python.as_secs_f64() / rust_bare.as_secs_f64(),
+        python.as_secs_f64() * 1e6,
+        rust_bare.as_secs_f64() * 1e6
+    );
+    print_breakdown(&loaded.engine, &loaded.module, PYTHON_CALLS).await;
+    Ok(())
+}
+
 /// What checking a restock body against inventory's declared schema
 /// (WIT 0.2.0) costs per message: parsing it into a JSON value plus the
 /// compiled validator, beside the parse alone and beside the bare
@@ -273,16 +313,16 @@ where
 
 /// A message the module refuses at once (unknown subtopic), and the grants
 /// of the detached unit of work it is handled in.
-fn refused_call() -> (GuestEnvelope, Arc<Grants>) {
+fn refused_call(module: &str) -> (GuestEnvelope, Arc<Grants>) {
     let message = GuestEnvelope {
         id: "bench".into(),
-        topic: "inventory".into(),
+        topic: module.into(),
         subtopic: "nothing".into(),
         headers: Vec::new(),
         body: "{}".into(),
     };
     let grants = Arc::new(Grants {
-        name: "inventory".into(),
+        name: module.into(),
         ..Grants::default()
     });
     (message, grants)
@@ -291,9 +331,14 @@ fn refused_call() -> (GuestEnvelope, Arc<Grants>) {
 /// Fresh store + instance + `handle` of a message the module refuses at once
 /// (unknown subtopic): the sandbox cost without any repository call.
 async fn bare_call(engine: &Engine, module: &LoadedModule) -> Duration {
-    let (message, grants) = refused_call();
+    bare_calls(engine, module, BARE_CALLS).await
+}
+
+/// `calls` fresh instances of `module`, each refusing a message at once.
+async fn bare_calls(engine: &Engine, module: &LoadedModule, calls: usize) -> Duration {
+    let (message, grants) = refused_call(&module.name);
     let start = Instant::now();
-    for _ in 0..BARE_CALLS {
+    for _ in 0..calls {
         let mut store = engine.new_store(
             UnitOfWork::detached(grants.clone()),
             64,
@@ -307,7 +352,7 @@ async fn bare_call(engine: &Engine, module: &LoadedModule) -> Duration {
         let answer = guest.call_handle(&mut store, &message).await.expect("call");
         assert!(answer.is_err());
     }
-    start.elapsed() / BARE_CALLS as u32
+    start.elapsed() / calls as u32
 }
 
 /// Where the time of [`bare_call`] goes, phase by phase, medians over rounds.
@@ -323,10 +368,10 @@ struct Phases {
     drop: Duration,
 }
 
-async fn print_breakdown(engine: &Engine, module: &LoadedModule) {
+async fn print_breakdown(engine: &Engine, module: &LoadedModule, calls: usize) {
     let mut rounds = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
-        rounds.push(phases(engine, module).await);
+        rounds.push(phases(engine, module, calls).await);
     }
     let median_of = |f: fn(&Phases) -> Duration| {
         let mut v: Vec<Duration> = rounds.iter().map(f).collect();
@@ -362,10 +407,10 @@ async fn print_breakdown(engine: &Engine, module: &LoadedModule) {
     );
 }
 
-async fn phases(engine: &Engine, module: &LoadedModule) -> Phases {
-    let (message, grants) = refused_call();
+async fn phases(engine: &Engine, module: &LoadedModule, calls: usize) -> Phases {
+    let (message, grants) = refused_call(&module.name);
     let mut p = Phases::default();
-    for _ in 0..BARE_CALLS {
+    for _ in 0..calls {
         let t0 = Instant::now();
         let mut store = engine.new_store(
             UnitOfWork::detached(grants.clone()),
@@ -389,7 +434,7 @@ async fn phases(engine: &Engine, module: &LoadedModule) -> Phases {
         p.handle += t3 - t2;
         p.drop += t4 - t3;
     }
-    let n = BARE_CALLS as u32;
+    let n = calls as u32;
     Phases {
         store: p.store / n,
         instantiate: p.instantiate / n,

@@ -337,7 +337,7 @@ fn check_compares_describe_with_the_manifests_topics_and_grants() {
 }
 
 /// Copies the files of `from` into `to`, folders included.
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+pub(crate) fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

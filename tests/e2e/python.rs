@@ -19,7 +19,7 @@ backoff-ms = 5
 "#;
 
 /// The build command of the repository's plugins.toml.
-const BUILD: &str = "componentize-py -d wit/deps/switchyard-module-0.1.0 -w module componentize -p plugins/notifications-py app \
+const BUILD: &str = "componentize-py -d wit -w module componentize -p plugins/notifications-py -p plugins/sdk-py app \
                      -o plugins/target/python/notifications.wasm";
 
 /// Builds the Python component once per test run, as `switchyard build`
@@ -69,9 +69,11 @@ async fn the_python_module_turns_the_sagas_events_into_notifications() {
         "the Python module is loaded: {modules}"
     );
 
-    // A WIT 0.1.0 module beside 0.2.0 ones: untyped, in the documents
-    // without payloads, and the documents still validate.
-    crate::contracts::documents_validate_and_list_the_examples(&host, &["notifications"]).await;
+    // Typed too (the Python SDK declares its dataclasses' schemas): the
+    // documents list it beside the Rust modules and still validate.
+    crate::contracts::documents_validate_and_list_the_examples(&host, &[]).await;
+    let (_, contract) = host.get("/v1/modules/notifications/contract").await;
+    assert_eq!(contract["typed"], true, "{contract}");
 
     crate::saga::saga(&host).await;
 
@@ -129,5 +131,111 @@ async fn the_python_module_turns_the_sagas_events_into_notifications() {
             start.elapsed().as_secs_f64() * 1000.0 / f64::from(n)
         );
     }
+    host.stop().await;
+}
+
+/// `python3 -m pytest -q DIR` from the repository root: (passed, output).
+fn pytest(dir: &std::path::Path) -> (bool, String) {
+    let out = std::process::Command::new("python3")
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(dir)
+        .current_dir(repo_root())
+        .output()
+        .expect("run python3 -m pytest (pip install pytest)");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_python_sdk_and_the_example_pass_their_pytest_suites() {
+    for dir in ["plugins/sdk-py", "plugins/notifications-py"] {
+        let (ok, output) = pytest(&repo_root().join(dir));
+        assert!(ok, "{dir}:\n{output}");
+        assert!(output.contains(" passed"), "{dir}:\n{output}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_lang_python_scaffolds_a_module_that_tests_builds_and_serves() {
+    let root = repo_root();
+    let dir = tempfile::tempdir().unwrap();
+    crate::cli::copy_tree(&root.join("wit"), &dir.path().join("wit"));
+    crate::cli::copy_tree(
+        &root.join("plugins/sdk-py/switchyard_sdk"),
+        &dir.path().join("plugins/sdk-py/switchyard_sdk"),
+    );
+    let manifest = dir.path().join("plugins.toml");
+    std::fs::write(&manifest, "[host]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(&manifest)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    // A host already running (nothing loaded yet) picks the module up when
+    // `build` installs it: no restart.
+    let loaded = switchyard::manifest::Manifest::load(&manifest).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = switchyard::app::server::start(loaded, listener)
+        .await
+        .unwrap();
+    let base = format!("http://{}", host.addr());
+    let client = reqwest::Client::new();
+
+    let started = Instant::now();
+    let (ok, text) = run(&["new", "shipping", "--lang", "python"]);
+    assert!(ok, "{text}");
+    let (ok, output) = pytest(&dir.path().join("plugins/shipping"));
+    assert!(ok, "{output}");
+    let (ok, text) = run(&["build"]);
+    assert!(ok, "{text}");
+    let built = started.elapsed();
+    let answer = eventually(
+        "the first 200 from shipping/create",
+        Duration::from_secs(300),
+        || async {
+            let response = client
+                .post(format!("{base}/v1/topics/shipping/create"))
+                .json(&json!({"id": "a1", "note": "fragile"}))
+                .send()
+                .await
+                .ok()?;
+            if response.status() != 200 {
+                return None;
+            }
+            response.json::<serde_json::Value>().await.ok()
+        },
+    )
+    .await;
+    let served = started.elapsed();
+    assert_eq!(answer["output"]["id"], "a1", "{answer}");
+    // Typed: the host refuses a wrong body before the module runs.
+    let response = client
+        .post(format!("{base}/v1/topics/shipping/create"))
+        .json(&json!({"id": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    eprintln!(
+        "switchyard new --lang python -> pytest -> build: {:.1} s; -> first 200 from the running host: {:.1} s",
+        built.as_secs_f64(),
+        served.as_secs_f64()
+    );
     host.stop().await;
 }

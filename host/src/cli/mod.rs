@@ -1,6 +1,7 @@
 //! The command line: `up`, `build`, `check`, `send`, `dlq`.
 
 mod contracts;
+mod scaffold;
 mod shadow;
 
 use std::path::PathBuf;
@@ -94,9 +95,14 @@ pub enum Command {
     New {
         /// The module name: [a-z0-9_], also its command topic.
         name: String,
-        /// The modules' cargo workspace, relative to the manifest's folder.
+        /// The modules' folder (Rust: their cargo workspace), relative to
+        /// the manifest's folder.
         #[arg(long, default_value = "plugins")]
         dir: PathBuf,
+        /// The module's language: a Rust crate on the SDK, or Python on
+        /// `plugins/sdk-py` (built with componentize-py).
+        #[arg(long, value_enum, default_value_t = scaffold::Lang::Rust)]
+        lang: scaffold::Lang,
     },
     /// Run a candidate version beside a module on copies of its messages,
     /// then promote or drop it (uses the admin token).
@@ -193,11 +199,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::New { name, dir } => {
-            scaffold(&manifest, &name, &dir)?;
+        Command::New { name, dir, lang } => {
+            scaffold::scaffold(&manifest, &name, &dir, lang)?;
             println!(
-                "created {}/{name}; build it with `switchyard build`",
-                dir.display()
+                "created {}/{name}; test it with `{}`, build it with `switchyard build`",
+                dir.display(),
+                match lang {
+                    scaffold::Lang::Rust =>
+                        format!("cd {} && cargo test-native -p {name}", dir.display()),
+                    scaffold::Lang::Python =>
+                        format!("python3 -m pytest -q {}/{name}", dir.display()),
+                }
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -345,67 +357,6 @@ async fn dlq(manifest: &Manifest, action: DlqAction, base: &str) -> anyhow::Resu
         .await
         .with_context(|| format!("calling {base}"))?;
     print_response(response).await
-}
-
-const TEMPLATE_LIB: &str = include_str!("../../templates/module_lib.rs");
-const TEMPLATE_CARGO: &str = include_str!("../../templates/module_Cargo.toml");
-
-/// `switchyard new`: the crate, its place in the workspace, its manifest entry.
-fn scaffold(manifest: &Manifest, name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name.as_bytes()[0].is_ascii_lowercase()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    // No '-': cargo would name the artifact with '_' instead.
-    anyhow::ensure!(
-        valid,
-        "module name {name:?} must be 1 to 64 of [a-z0-9_], starting with a letter"
-    );
-    anyhow::ensure!(
-        !manifest.modules.contains_key(name),
-        "plugins.toml already has [modules.{name}]"
-    );
-    let workspace = manifest.dir.join(dir);
-    let crate_dir = workspace.join(name);
-    anyhow::ensure!(
-        !crate_dir.exists(),
-        "{} already exists",
-        crate_dir.display()
-    );
-
-    let workspace_toml = workspace.join("Cargo.toml");
-    let text = std::fs::read_to_string(&workspace_toml)
-        .with_context(|| format!("reading {}", workspace_toml.display()))?;
-    let at = text
-        .find("members = [")
-        .with_context(|| format!("{} has no `members = [` list", workspace_toml.display()))?
-        + "members = [".len();
-    let text = format!("{}\"{name}\", {}", &text[..at], &text[at..]);
-
-    std::fs::create_dir_all(crate_dir.join("src"))?;
-    std::fs::write(
-        crate_dir.join("Cargo.toml"),
-        TEMPLATE_CARGO.replace("{{name}}", name),
-    )?;
-    std::fs::write(
-        crate_dir.join("src/lib.rs"),
-        TEMPLATE_LIB.replace("{{name}}", name),
-    )?;
-    std::fs::write(&workspace_toml, text)?;
-
-    let dir_text = dir.display();
-    let entry = format!(
-        "\n[modules.{name}]\nfile = \"{name}.wasm\"\n\
-         build = \"cargo build --release --target wasm32-wasip2 --manifest-path {dir_text}/Cargo.toml -p {name}\"\n\
-         artifact = \"{dir_text}/target/wasm32-wasip2/release/{name}.wasm\"\n\
-         topics = [\"{name}\"]\nsubscribes = [\"orders.events\"]\nemits = [\"{name}.events\"]\n"
-    );
-    let mut manifest_text = std::fs::read_to_string(&manifest.path)?;
-    manifest_text.push_str(&entry);
-    std::fs::write(&manifest.path, manifest_text)?;
-    Ok(())
 }
 
 async fn print_response(response: reqwest::Response) -> anyhow::Result<ExitCode> {
