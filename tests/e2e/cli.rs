@@ -127,21 +127,7 @@ async fn new_scaffolds_a_module_that_builds_loads_and_serves() {
     )
     .unwrap();
     let manifest = dir.path().join("plugins.toml");
-    let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("--config")
-            .arg(&manifest)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let run = |args: &[&str]| crate::support::run_switchyard(&manifest, args);
     let (ok, text) = run(&["new", "demo"]);
     assert!(ok, "{text}");
     // The template's own tests pass natively, against the SDK's test kit.

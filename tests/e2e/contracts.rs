@@ -393,22 +393,9 @@ fn check_next(fixture: &str, args: &[&str]) -> (bool, String) {
         project.dir.path().join("plugins/inventory.wasm"),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("--config")
-        .arg(project.manifest_path())
-        .arg("check")
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let mut all = vec!["check"];
+    all.extend_from_slice(args);
+    crate::support::run_switchyard(&project.manifest_path(), &all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

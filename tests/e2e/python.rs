@@ -172,21 +172,7 @@ async fn new_lang_python_scaffolds_a_module_that_tests_builds_and_serves() {
     );
     let manifest = dir.path().join("plugins.toml");
     std::fs::write(&manifest, "[host]\nlisten = \"127.0.0.1:0\"\n").unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("--config")
-            .arg(&manifest)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
+    let run = |args: &[&str]| crate::support::run_switchyard(&manifest, args);
     // A host already running (nothing loaded yet) picks the module up when
     // `build` installs it: no restart.
     let loaded = switchyard::manifest::Manifest::load(&manifest).unwrap();

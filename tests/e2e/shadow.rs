@@ -41,6 +41,14 @@ async fn settled(host: &TestHost, name: &str, compared: u64) -> Value {
     .await
 }
 
+/// inventory has no candidate: no file, no status.
+async fn no_shadow_left(project: &Project, host: &TestHost) {
+    let file = project.dir.path().join("plugins/inventory.shadow.wasm");
+    assert!(!file.exists(), "{} is left", file.display());
+    let (status, _) = host.get("/v1/modules/inventory/shadow").await;
+    assert_eq!(status, 404);
+}
+
 async fn order_status(host: &TestHost, id: &str) -> String {
     let (_, answer) = host.command("orders", "get", json!({"order_id": id})).await;
     answer["output"]["status"]
@@ -244,15 +252,7 @@ async fn a_changed_rule_shows_exactly_the_messages_it_changes_then_drop_keeps_v1
         .admin(Method::DELETE, "/v1/admin/modules/inventory/shadow")
         .await;
     assert_eq!(status, 200, "{answer}");
-    let (status, _) = host.get("/v1/modules/inventory/shadow").await;
-    assert_eq!(status, 404);
-    assert!(
-        !project
-            .dir
-            .path()
-            .join("plugins/inventory.shadow.wasm")
-            .exists()
-    );
+    no_shadow_left(&project, &host).await;
     let (status, answer) = host
         .command("inventory", "restock", json!({"sku": "s0", "qty": 150}))
         .await;
@@ -324,15 +324,7 @@ async fn promote_swaps_the_candidate_in_under_load_without_a_failed_request() {
         std::fs::read(project.dir.path().join("plugins/inventory.wasm")).unwrap(),
         candidate
     );
-    assert!(
-        !project
-            .dir
-            .path()
-            .join("plugins/inventory.shadow.wasm")
-            .exists()
-    );
-    let (status, _) = host.get("/v1/modules/inventory/shadow").await;
-    assert_eq!(status, 404);
+    no_shadow_left(&project, &host).await;
     // Every restock applied once.
     let applied = query_count(
         &project.db_url(),
@@ -352,15 +344,7 @@ async fn a_candidate_that_declares_another_name_is_refused_and_nothing_changes()
     assert_eq!(status, 422, "{answer}");
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("must declare 'inventory'"), "{message}");
-    assert!(
-        !project
-            .dir
-            .path()
-            .join("plugins/inventory.shadow.wasm")
-            .exists()
-    );
-    let (status, _) = host.get("/v1/modules/inventory/shadow").await;
-    assert_eq!(status, 404);
+    no_shadow_left(&project, &host).await;
     let (status, answer) =
         start_shadow(&host, "nobody", std::fs::read(wasm("inventory")).unwrap()).await;
     assert_eq!(status, 404, "{answer}");

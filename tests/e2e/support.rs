@@ -319,3 +319,21 @@ pub fn spawn_host_logging(project: &Project, name: &str, rust_log: &str) -> std:
         .spawn()
         .expect("start switchyard")
 }
+
+/// Runs the `switchyard` binary on the manifest `manifest` with `args`:
+/// whether it succeeded, and its stdout and stderr together.
+pub fn run_switchyard(manifest: &Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--config")
+        .arg(manifest)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run switchyard");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}

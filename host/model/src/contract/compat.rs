@@ -407,8 +407,8 @@ impl<'a> Comparison<'a> {
         depth: usize,
         out: &mut Vec<Problem>,
     ) {
-        check_min_count(&old.parts, new, "minItems", path, out);
-        check_max_count(&old.parts, new, "maxItems", path, out);
+        check_count(&old.parts, new, "minItems", Side::Lower, path, out);
+        check_count(&old.parts, new, "maxItems", Side::Upper, path, out);
         if new
             .iter()
             .any(|p| p.get("uniqueItems") == Some(&Value::Bool(true)))
@@ -531,8 +531,8 @@ impl<'a> Comparison<'a> {
             );
             out.extend(found);
         }
-        check_min_count(&old.parts, new, "minProperties", path, out);
-        check_max_count(&old.parts, new, "maxProperties", path, out);
+        check_count(&old.parts, new, "minProperties", Side::Lower, path, out);
+        check_count(&old.parts, new, "maxProperties", Side::Upper, path, out);
     }
 }
 
@@ -1034,8 +1034,8 @@ fn check_strings(
             }
         }
         None => {
-            check_min_count(&old.parts, new, "minLength", path, out);
-            check_max_count(&old.parts, new, "maxLength", path, out);
+            check_count(&old.parts, new, "minLength", Side::Lower, path, out);
+            check_count(&old.parts, new, "maxLength", Side::Upper, path, out);
         }
     }
     for part in new {
@@ -1062,54 +1062,43 @@ fn check_strings(
     }
 }
 
-/// `minLength`, `minItems`, `minProperties` (absent: 0).
-fn check_min_count(
+/// `minLength`, `minItems`, `minProperties` (`Side::Lower`, absent: 0) and
+/// `maxLength`, `maxItems`, `maxProperties` (`Side::Upper`, absent: no
+/// limit): a count the new version raises (lower) or lowers (upper).
+fn check_count(
     old: &[Part<'_>],
     new: &[Part<'_>],
     keyword: &str,
+    side: Side,
     path: &str,
     out: &mut Vec<Problem>,
 ) {
+    let count = |p: &Part<'_>| -> Option<(f64, String)> {
+        let v = p.get(keyword)?;
+        v.as_f64().map(|x| (x, v.to_string()))
+    };
+    // Narrower is larger for a minimum, smaller for a maximum.
+    let narrower = |a: f64, b: f64| match side {
+        Side::Lower => a > b,
+        Side::Upper => a < b,
+    };
     let strongest = old
         .iter()
-        .filter_map(|p| p.get(keyword).and_then(|v| v.as_f64().map(|x| (x, v))))
-        .reduce(|a, b| if b.0 > a.0 { b } else { a });
+        .filter_map(|p| count(p))
+        .reduce(|a, b| if narrower(b.0, a.0) { b } else { a });
     for part in new {
-        let Some((n, shown)) = part.get(keyword).and_then(|v| v.as_f64().map(|x| (x, v))) else {
+        let Some((n, shown)) = count(part) else {
             continue;
         };
-        let what = match strongest {
-            Some((o, old_shown)) if n > o => {
+        let what = match (&strongest, side) {
+            (Some((o, old_shown)), Side::Lower) if narrower(n, *o) => {
                 format!("{keyword} raised from {old_shown} to {shown}")
             }
-            None if n > 0.0 => format!("{keyword} {shown} added"),
-            _ => continue,
-        };
-        push_unique(out, problem(path, what));
-    }
-}
-
-/// `maxLength`, `maxItems`, `maxProperties` (absent: no limit).
-fn check_max_count(
-    old: &[Part<'_>],
-    new: &[Part<'_>],
-    keyword: &str,
-    path: &str,
-    out: &mut Vec<Problem>,
-) {
-    let strongest = old
-        .iter()
-        .filter_map(|p| p.get(keyword).and_then(|v| v.as_f64().map(|x| (x, v))))
-        .reduce(|a, b| if b.0 < a.0 { b } else { a });
-    for part in new {
-        let Some((n, shown)) = part.get(keyword).and_then(|v| v.as_f64().map(|x| (x, v))) else {
-            continue;
-        };
-        let what = match strongest {
-            Some((o, old_shown)) if n < o => {
+            (Some((o, old_shown)), Side::Upper) if narrower(n, *o) => {
                 format!("{keyword} lowered from {old_shown} to {shown}")
             }
-            None => format!("{keyword} {shown} added"),
+            (None, Side::Lower) if n > 0.0 => format!("{keyword} {shown} added"),
+            (None, Side::Upper) => format!("{keyword} {shown} added"),
             _ => continue,
         };
         push_unique(out, problem(path, what));
