@@ -368,11 +368,24 @@ struct Phases {
     drop: Duration,
 }
 
+/// This process's minor page faults so far (`/proc/self/stat`, field 10):
+/// a first touch of a page, or a copy-on-write copy of one.
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split(' ').nth(7)?.parse().ok()
+}
+
 async fn print_breakdown(engine: &Engine, module: &LoadedModule, calls: usize) {
     let mut rounds = Vec::with_capacity(ROUNDS);
+    let faults_before = minor_faults();
     for _ in 0..ROUNDS {
         rounds.push(phases(engine, module, calls).await);
     }
+    let faults = faults_before
+        .zip(minor_faults())
+        .map(|(before, after)| (after - before) as f64 / (ROUNDS * calls) as f64);
     let median_of = |f: fn(&Phases) -> Duration| {
         let mut v: Vec<Duration> = rounds.iter().map(f).collect();
         v.sort();
@@ -393,6 +406,9 @@ async fn print_breakdown(engine: &Engine, module: &LoadedModule, calls: usize) {
         println!("    {label:<42} {us:>8.2}");
     }
     println!("    {:<42} {total:>8.2}", "sum of phases");
+    if let Some(faults) = faults {
+        println!("    {:<42} {faults:>8.1}", "minor page faults per message");
+    }
     // What a full wasmtime-wasi context per store costs (the host used to
     // build one per message; it now links its own context-free WASI).
     let start = Instant::now();
