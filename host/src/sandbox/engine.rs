@@ -57,7 +57,13 @@ impl Engine {
             // avoids page faults and TLB shootdowns on every fresh instance.
             .linear_memory_keep_resident(16 << 20)
             .table_keep_resident(1 << 20)
-            .pagemap_scan(wasmtime::Enabled::Auto);
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            // Pages beyond what stays resident are given back in batches of
+            // 16 slots rather than one madvise per dropped instance: a
+            // Python module's instance (CPython's heap, tens of MiB) spent
+            // 133 us per drop, 96 us batched; Rust modules, whose pages
+            // all stay resident, are unchanged (dispatch bench).
+            .decommit_batch_size(16);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
