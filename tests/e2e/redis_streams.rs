@@ -64,7 +64,7 @@ impl Streams {
     }
 
     /// `XADD <prefix><topic> * field value ...` (the flat form of SPEC §6).
-    async fn xadd(&self, topic: &str, fields: &[(&str, &str)]) -> String {
+    pub(crate) async fn xadd(&self, topic: &str, fields: &[(&str, &str)]) -> String {
         let mut conn = self.conn.clone();
         conn.xadd(format!("{}{topic}", self.prefix), "*", fields)
             .await

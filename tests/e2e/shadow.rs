@@ -350,3 +350,81 @@ async fn a_candidate_that_declares_another_name_is_refused_and_nothing_changes()
     assert_eq!(status, 404, "{answer}");
     host.stop().await;
 }
+
+/// Sends 10 restocks the capped candidate takes and 2 it refuses (`big-*`)
+/// through `send`, then checks the shadow found exactly those 2.
+async fn capped_finds_the_two_big_restocks<F, Fut>(host: &TestHost, send: F)
+where
+    F: Fn(String, u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (status, answer) = start_shadow(
+        host,
+        "inventory",
+        std::fs::read(wasm("inventory_capped")).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    for i in 0..10 {
+        send(format!("small-{i}"), 1 + i).await;
+    }
+    for i in 0..2 {
+        send(format!("big-{i}"), 500).await;
+    }
+    let s = settled(host, "inventory", 12).await;
+    assert_eq!(s["counts"]["compared"], 12, "{s}");
+    assert_eq!(s["counts"]["differed"]["total"], 2, "{s}");
+    let mut ids: Vec<&str> = s["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["message_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["big-0", "big-1"], "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_compares_the_same_on_postgresql_and_from_a_redis_stream() {
+    // PostgreSQL, commands over HTTP.
+    let project = Project::postgres(&["inventory"], INVENTORY_ALONE).await;
+    let host = project.start().await;
+    capped_finds_the_two_big_restocks(&host, |id, qty| {
+        let host = &host;
+        async move {
+            let (status, answer) = host
+                .send(json!({"id": id, "topic": "inventory", "subtopic": "restock", "body": {"sku": "p", "qty": qty}}))
+                .await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    })
+    .await;
+    // Only the live version wrote: one version per restock.
+    let version = query_count(
+        &project.db_url(),
+        "SELECT version FROM documents WHERE module = 'inventory' AND collection = 'stock' AND key = 'p'",
+    )
+    .await;
+    assert_eq!(version, 12);
+    host.stop().await;
+
+    // A Redis stream feeding the module (flat entries), SQLite.
+    let streams = crate::redis_streams::Streams::new().await;
+    let project =
+        crate::redis_streams::project_with(&streams, &["inventory"], INVENTORY_ALONE, 30_000);
+    let host = project.start().await;
+    capped_finds_the_two_big_restocks(&host, |id, qty| {
+        let streams = &streams;
+        async move {
+            let body = json!({"sku": "r", "qty": qty}).to_string();
+            streams
+                .xadd(
+                    "inventory",
+                    &[("id", &id), ("subtopic", "restock"), ("body", &body)],
+                )
+                .await;
+        }
+    })
+    .await;
+    host.stop().await;
+}
