@@ -700,12 +700,17 @@ async fn deliver_to(producer: &FutureProducer, topic: &str, partition: i32, valu
 
 /// Waits until the host created `topic` with its 3 partitions.
 pub(crate) async fn three_partitions(broker: &Broker, topic: &str) {
+    partitions(broker, topic, 3).await;
+}
+
+/// Waits until the host created `topic` with `expected` partitions.
+pub(crate) async fn partitions(broker: &Broker, topic: &str, expected: usize) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.address)
         .create()
         .expect("metadata client");
     eventually(
-        &format!("{topic} has 3 partitions"),
+        &format!("{topic} has {expected} partitions"),
         Duration::from_secs(30),
         || async {
             let metadata = consumer
@@ -717,7 +722,7 @@ pub(crate) async fn three_partitions(broker: &Broker, topic: &str) {
                 .find(|t| t.name() == topic && t.error().is_none())?
                 .partitions()
                 .len();
-            (count == 3).then_some(())
+            (count == expected).then_some(())
         },
     )
     .await;
@@ -726,7 +731,7 @@ pub(crate) async fn three_partitions(broker: &Broker, topic: &str) {
 /// The `slow` module's inbox ids (`kafka:slow:<partition>:<offset>:<timestamp>`), in the
 /// order they were applied (to the millisecond: records of one partition are
 /// at least 20 ms apart in these tests).
-async fn slow_applied(db: &str) -> Vec<(i32, i64)> {
+pub(crate) async fn slow_applied(db: &str) -> Vec<(i32, i64)> {
     let Ok(pool) = sqlx::SqlitePool::connect(db).await else {
         return Vec::new();
     };

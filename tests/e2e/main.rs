@@ -14,6 +14,8 @@ mod failures;
 #[cfg(feature = "kafka")]
 mod kafka_ids;
 #[cfg(feature = "kafka")]
+mod kafka_keys;
+#[cfg(feature = "kafka")]
 mod kafka_reload;
 #[cfg(feature = "kafka")]
 mod kafka_topics;

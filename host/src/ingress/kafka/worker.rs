@@ -1,6 +1,7 @@
-//! A partition's worker: handles its messages one at a time, in order,
-//! settles each (ack by storing the offset, dead letter, or retry), and
-//! never stores an offset for a partition it no longer owns.
+//! A partition's worker: handles its records up to a window at once, one at
+//! a time per key and in offset order within a key, settles each (ack,
+//! dead letter, or retry), stores the lowest unfinished offset for commit,
+//! and never stores an offset for a partition it no longer owns.
 
 use std::sync::Arc;
 
@@ -28,20 +29,21 @@ fn raw_value(payload: &[u8]) -> serde_json::Value {
     })
 }
 
-/// Stores the offset after `message` (the next one to read) for the next
+/// Stores `next` (the next offset to read) of a partition for the next
 /// commit. Not `Consumer::store_offset`: it calls librdkafka's legacy
 /// `rd_kafka_offset_store`, which itself adds 1 to the offset it is given, so
 /// passing `offset + 1` there committed one record too far and a member
 /// resuming from that commit (after a kill, a rebalance or a restart)
 /// skipped the record after the last one handled.
-fn store_next(consumer: &GroupConsumer, message: &OwnedMessage) -> Result<(), KafkaError> {
-    let mut next = TopicPartitionList::new();
-    next.add_partition_offset(
-        message.topic(),
-        message.partition(),
-        Offset::Offset(message.offset() + 1),
-    )?;
-    consumer.store_offsets(&next)
+fn store_offset(
+    consumer: &GroupConsumer,
+    topic: &str,
+    partition: i32,
+    next: i64,
+) -> Result<(), KafkaError> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(next))?;
+    consumer.store_offsets(&list)
 }
 
 /// How far the host's clock may be behind the clock that stamped a record
@@ -122,81 +124,237 @@ pub(super) struct PartitionWorker {
     pub(super) module: String,
 }
 
+/// Records of one partition handled at once. Records with the same Kafka
+/// key (the host's producer keys a record by its `partition-key` header, or
+/// by its id) run one after another, in offset order; other keys overlap.
+const WINDOW: usize = 32;
+
+/// What the worker keeps of the records it took and has not finished.
+#[derive(Default)]
+struct Window {
+    /// The assignment the records in flight were read under.
+    epoch: Option<u64>,
+    /// Offsets taken and not finished (running or waiting behind their key).
+    open: std::collections::BTreeSet<i64>,
+    /// Keys with a record running, and the records waiting behind it.
+    keys: std::collections::HashMap<Vec<u8>, std::collections::VecDeque<Job>>,
+    /// The highest offset taken so far.
+    highest: Option<i64>,
+    /// The offset last stored for commit.
+    stored: Option<i64>,
+}
+
+impl Window {
+    /// The next offset to read once the open ones are done: the lowest one
+    /// still open, else the one after the highest taken.
+    fn committable(&self) -> Option<i64> {
+        self.open.first().copied().or(self.highest.map(|h| h + 1))
+    }
+}
+
+/// How one record's handling ended.
+struct Settled {
+    key: Vec<u8>,
+    job: Job,
+    /// Applied, dead-lettered or dropped on revocation; false: stopped by
+    /// the shutdown before that.
+    settled: bool,
+}
+
+/// A record's ordering key: its Kafka key, or (none) its own offset.
+fn key_of(message: &OwnedMessage) -> Vec<u8> {
+    match message.key() {
+        Some(k) => k.to_vec(),
+        None => format!("offset:{}", message.offset()).into_bytes(),
+    }
+}
+
 impl PartitionWorker {
+    /// Takes the partition's records in order and handles up to [`WINDOW`]
+    /// at once (one at a time per key); the offset stored for commit is the
+    /// lowest one not finished, so a record is never committed past before
+    /// it is applied, settled as a dead letter, or dropped on revocation.
     pub(super) async fn run(
         self,
         mut rx: mpsc::Receiver<Job>,
         queue: usize,
         shutdown: CancellationToken,
     ) {
-        let mut backoff = Backoff::new(STORE_RETRY, MAX_STORE_RETRY);
-        'messages: while let Some(Job { epoch, message }) = rx.recv().await {
-            backoff.reset();
-            if rx.len() <= queue / 2 {
-                // A paused partition may take more (see `refill`).
-                self.drained.notify_one();
-            }
-            // The module may have been swapped since: use the current
-            // version. While it is unloaded the message waits here (its
-            // offset is not stored, the queue fills and the partition is
-            // paused), and is handled once the module is back.
-            let Some(module) = consumer::loaded(&self.dispatcher, &self.module, &shutdown).await
-            else {
-                return;
-            };
-            loop {
-                if shutdown.is_cancelled() {
+        let worker = Arc::new(self);
+        let mut window = Window::default();
+        let mut running: tokio::task::JoinSet<Settled> = tokio::task::JoinSet::new();
+        let mut closed = false;
+        loop {
+            let room = window.open.len() < WINDOW;
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    // What runs sees the shutdown too and stops at once;
+                    // a record it did not settle keeps its offset open.
+                    while let Some(done) = running.join_next().await {
+                        let Ok(done) = done else { return };
+                        worker.finished(&mut window, &mut running, done, &shutdown);
+                    }
                     return;
                 }
-                if !self.owns(&message, epoch) {
-                    // Revoked: the partition's owner reads it again from
-                    // the committed offset; handling it here would run it
-                    // twice at once.
-                    tracing::debug!(
-                        module = %self.module, topic = message.topic(),
-                        partition = message.partition(), offset = message.offset(),
-                        "kafka: dropped, partition revoked"
-                    );
-                    continue 'messages;
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    let Ok(done) = done else { return };
+                    worker.finished(&mut window, &mut running, done, &shutdown);
                 }
-                if self.handle(&module, &message).await {
-                    break;
+                job = rx.recv(), if room && !closed => {
+                    let Some(job) = job else {
+                        closed = true;
+                        continue;
+                    };
+                    if rx.len() <= queue / 2 {
+                        // A paused partition may take more (see `refill`).
+                        worker.drained.notify_one();
+                    }
+                    if window.epoch.is_some_and(|e| e != job.epoch) && !window.open.is_empty() {
+                        // Reassigned since: finish what was taken under the
+                        // old assignment before starting on the new one.
+                        while let Some(done) = running.join_next().await {
+                            let Ok(done) = done else { return };
+                            worker.finished(&mut window, &mut running, done, &shutdown);
+                        }
+                    }
+                    if window.epoch != Some(job.epoch) {
+                        window = Window { epoch: Some(job.epoch), ..Window::default() };
+                    }
+                    let offset = job.message.offset();
+                    window.open.insert(offset);
+                    window.highest = Some(window.highest.map_or(offset, |h| h.max(offset)));
+                    let key = key_of(&job.message);
+                    match window.keys.get_mut(&key) {
+                        Some(waiting) => waiting.push_back(job),
+                        None => {
+                            window.keys.insert(key.clone(), Default::default());
+                            running.spawn(worker.clone().settle(key, job, shutdown.clone()));
+                        }
+                    }
                 }
-                if !backoff.wait(&shutdown).await {
-                    return;
-                }
-            }
-            let stored = {
-                // Under the lock, so a revoke cannot slip in between the
-                // check and the store.
-                let owned = self.ownership.lock();
-                if owned.epoch(&(message.topic().to_string(), message.partition())) == Some(epoch) {
-                    store_next(&self.consumer, &message).map(|()| true)
-                } else {
-                    Ok(false)
-                }
-            };
-            match stored {
-                Ok(true) => tracing::debug!(
-                    module = %self.module, topic = message.topic(),
-                    partition = message.partition(), offset = message.offset() + 1,
-                    "kafka: offset stored"
-                ),
-                // Handled while the partition was revoked: an older offset
-                // than the new owner's must not be committed; it redelivers
-                // this one, which the inbox answers as a duplicate.
-                Ok(false) => tracing::debug!(
-                    module = %self.module, topic = message.topic(),
-                    partition = message.partition(), offset = message.offset() + 1,
-                    "kafka: offset not stored, partition revoked"
-                ),
-                Err(e) => tracing::debug!(
-                    module = %self.module, topic = message.topic(),
-                    partition = message.partition(), offset = message.offset() + 1,
-                    error = %e, "kafka: offset not stored"
-                ),
+                // Nothing running and nothing more to take: the channel
+                // closed (the partition's worker is done).
+                else => return,
             }
         }
+    }
+
+    /// A record's handling ended: if it was settled, the next of its key
+    /// starts and the lowest open offset is stored for commit. One that was
+    /// not (shutdown) keeps its offset open, so nothing past it is
+    /// committed and it is read again.
+    fn finished(
+        self: &Arc<Self>,
+        window: &mut Window,
+        running: &mut tokio::task::JoinSet<Settled>,
+        done: Settled,
+        shutdown: &CancellationToken,
+    ) {
+        let Settled { key, job, settled } = done;
+        if !settled {
+            return;
+        }
+        window.open.remove(&job.message.offset());
+        let next = window
+            .keys
+            .get_mut(&key)
+            .and_then(std::collections::VecDeque::pop_front);
+        match next {
+            Some(next) => {
+                running.spawn(self.clone().settle(key, next, shutdown.clone()));
+            }
+            None => {
+                window.keys.remove(&key);
+            }
+        }
+        let Some(offset) = window.committable() else {
+            return;
+        };
+        if window.stored.is_some_and(|s| s >= offset) {
+            return;
+        }
+        let message = &job.message;
+        let stored = {
+            // Under the lock, so a revoke cannot slip in between the
+            // check and the store.
+            let owned = self.ownership.lock();
+            if owned.epoch(&(message.topic().to_string(), message.partition())) == Some(job.epoch) {
+                store_offset(&self.consumer, message.topic(), message.partition(), offset)
+                    .map(|()| true)
+            } else {
+                Ok(false)
+            }
+        };
+        match stored {
+            Ok(true) => {
+                window.stored = Some(offset);
+                tracing::debug!(
+                    module = %self.module, topic = message.topic(),
+                    partition = message.partition(), offset, "kafka: offset stored"
+                );
+            }
+            // Handled while the partition was revoked: an older offset
+            // than the new owner's must not be committed; it redelivers
+            // these, which the inbox answers as duplicates.
+            Ok(false) => tracing::debug!(
+                module = %self.module, topic = message.topic(),
+                partition = message.partition(), offset,
+                "kafka: offset not stored, partition revoked"
+            ),
+            Err(e) => tracing::debug!(
+                module = %self.module, topic = message.topic(),
+                partition = message.partition(), offset,
+                error = %e, "kafka: offset not stored"
+            ),
+        }
+    }
+
+    /// Handles one record until it is settled (applied, dead-lettered, or
+    /// dropped because the partition was revoked), retrying with backoff;
+    /// not settled when the host shuts down first.
+    async fn settle(
+        self: Arc<Self>,
+        key: Vec<u8>,
+        job: Job,
+        shutdown: CancellationToken,
+    ) -> Settled {
+        let mut backoff = Backoff::new(STORE_RETRY, MAX_STORE_RETRY);
+        // The module may have been swapped since: use the current version.
+        // While it is unloaded the record waits here (its offset stays
+        // open, the queue fills and the partition is paused), and is
+        // handled once the module is back.
+        let Some(module) = consumer::loaded(&self.dispatcher, &self.module, &shutdown).await else {
+            return Settled {
+                key,
+                job,
+                settled: false,
+            };
+        };
+        let settled = loop {
+            if shutdown.is_cancelled() {
+                break false;
+            }
+            if !self.owns(&job.message, job.epoch) {
+                // Revoked: the partition's owner reads it again from the
+                // committed offset; handling it here would run it twice at
+                // once.
+                tracing::debug!(
+                    module = %self.module, topic = job.message.topic(),
+                    partition = job.message.partition(), offset = job.message.offset(),
+                    "kafka: dropped, partition revoked"
+                );
+                // Its offset is not stored: the epoch check refuses it.
+                break true;
+            }
+            if self.handle(&module, &job.message).await {
+                break true;
+            }
+            if !backoff.wait(&shutdown).await {
+                break false;
+            }
+        };
+        Settled { key, job, settled }
     }
 
     /// Whether the message's partition is still assigned as it was when read.
