@@ -98,11 +98,14 @@ async fn produce(
         let value = format!(
             r#"{{"topic":"inventory","subtopic":"restock","body":{{"sku":"sku-{i}","qty":1}}}}"#
         );
+        // Keyed by sku, as a service keys records by the entity they touch:
+        // different keys of the one partition are handled at once.
+        let key = format!("sku-{i}");
         let producer = producer.clone();
         pending.push(async move {
             producer
                 .send(
-                    FutureRecord::to(topic).key("k").payload(&value),
+                    FutureRecord::to(topic).key(&key).payload(&value),
                     Duration::from_secs(30),
                 )
                 .await
