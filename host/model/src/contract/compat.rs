@@ -1084,7 +1084,7 @@ fn check_count(
     };
     let strongest = old
         .iter()
-        .filter_map(|p| count(p))
+        .filter_map(&count)
         .reduce(|a, b| if narrower(b.0, a.0) { b } else { a });
     for part in new {
         let Some((n, shown)) = count(part) else {
