@@ -423,7 +423,7 @@ async fn check(
             }
         }
     }
-    let findings = lint_modules(manifest, &routes).await;
+    let findings = lint_modules(manifest, &routes);
     for f in findings.iter().filter(|f| f.severity == Severity::Warning) {
         eprintln!("{f}");
     }
@@ -486,7 +486,7 @@ async fn check(
 /// The module lints of `check` (see [`crate::lint`]): every component file
 /// against the host's world, every loaded manifest module's `describe`
 /// against its entry.
-async fn lint_modules(manifest: &Manifest, routes: &crate::registry::Routes) -> Vec<lint::Finding> {
+fn lint_modules(manifest: &Manifest, routes: &crate::registry::Routes) -> Vec<lint::Finding> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     let named = manifest
         .modules

@@ -15,7 +15,9 @@ const MAX_REPORTED: usize = 3;
 /// The declared contract and its compiled validators.
 pub struct Contract {
     pub declared: ModuleContract,
-    validators: HashMap<(Direction, String, String), jsonschema::Validator>,
+    /// By direction, topic and subtopic: looked up with the message's own
+    /// strings, nothing allocated per message.
+    validators: HashMap<Direction, HashMap<String, HashMap<String, jsonschema::Validator>>>,
 }
 
 impl std::fmt::Debug for Contract {
@@ -63,7 +65,6 @@ impl Contract {
             if m.subtopic.is_empty() {
                 return Err(format!("describe declares {label} with an empty subtopic"));
             }
-            let key = (direction, m.topic.clone(), m.subtopic.clone());
             let twice = messages.iter().any(|x: &MessageContract| {
                 x.direction == direction && x.topic == m.topic && x.subtopic == m.subtopic
             });
@@ -76,7 +77,12 @@ impl Contract {
                 let validator = jsonschema::validator_for(schema).map_err(|e| {
                     format!("describe declares a body schema for {label} that is not a valid JSON Schema: {e}")
                 })?;
-                validators.insert(key, validator);
+                validators
+                    .entry(direction)
+                    .or_insert_with(HashMap::new)
+                    .entry(m.topic.clone())
+                    .or_insert_with(HashMap::new)
+                    .insert(m.subtopic.clone(), validator);
             }
             if let Some(schema) = &answer {
                 jsonschema::validator_for(schema).map_err(|e| {
@@ -124,10 +130,12 @@ impl Contract {
         if self.validators.is_empty() {
             return Ok(());
         }
-        let Some(validator) =
-            self.validators
-                .get(&(direction, topic.to_string(), subtopic.to_string()))
-        else {
+        let validator = self
+            .validators
+            .get(&direction)
+            .and_then(|by_topic| by_topic.get(topic))
+            .and_then(|by_subtopic| by_subtopic.get(subtopic));
+        let Some(validator) = validator else {
             return Ok(());
         };
         let value: serde_json::Value =

@@ -432,33 +432,26 @@ impl<'a> Comparison<'a> {
             .map(|p| prefix_len(p))
             .max()
             .unwrap_or(0);
-        for i in 0..prefix {
+        // The prefix positions, then (at `prefix`) every item after them.
+        for i in 0..=prefix {
             if old_max <= i as f64 {
                 return;
             }
             let new_item = item_schemas(new, i);
             if !new_item.is_empty() {
+                let at = if i == prefix {
+                    "*".to_string()
+                } else {
+                    i.to_string()
+                };
                 let found = self.check(
                     &item_schemas(&old.parts, i),
                     &new_item,
-                    &format!("{path}/{i}"),
+                    &format!("{path}/{at}"),
                     depth + 1,
                 );
                 out.extend(found);
             }
-        }
-        if old_max <= prefix as f64 {
-            return;
-        }
-        let new_tail = item_schemas(new, prefix);
-        if !new_tail.is_empty() {
-            let found = self.check(
-                &item_schemas(&old.parts, prefix),
-                &new_tail,
-                &format!("{path}/*"),
-                depth + 1,
-            );
-            out.extend(found);
         }
     }
 

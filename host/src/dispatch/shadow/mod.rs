@@ -26,6 +26,7 @@ pub use stores::{Reads, Recording};
 
 use super::attempt::{Attempt, check_body, check_events, observation, run_guest};
 use crate::metrics::Metrics;
+use crate::registry::locked;
 use crate::registry::{LoadedModule, Routes};
 use crate::sandbox::engine::Engine;
 use switchyard_model::envelope::Envelope;
@@ -39,10 +40,6 @@ pub const QUEUE: usize = 256;
 pub const CONCURRENCY: usize = 2;
 /// Differences kept for `GET /v1/modules/{name}/shadow`.
 const KEPT_DIFFERENCES: usize = 50;
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// The shadows of the dispatcher's modules, one runner per candidate.
 pub struct Shadows {

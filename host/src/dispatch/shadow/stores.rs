@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::registry::locked;
 use switchyard_model::envelope::Envelope;
 use switchyard_store::{Commit, DeadLetter, Document, MessageStore, StoreError, StoreFuture};
 
@@ -16,14 +17,10 @@ type DocKey = (String, String, String);
 type ScanKey = (String, String, String, u32, usize);
 
 /// What one live try read, as the store answered it.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Reads {
     docs: HashMap<DocKey, Option<Document>>,
     scans: HashMap<ScanKey, Vec<(String, Document)>>,
-}
-
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn doc_key(module: &str, collection: &str, key: &str) -> DocKey {
@@ -54,9 +51,9 @@ impl Recording {
         }
     }
 
-    /// What was read so far.
+    /// What was read, taken out (the try is over).
     pub fn reads(&self) -> Reads {
-        locked(&self.reads).clone()
+        std::mem::take(&mut *locked(&self.reads))
     }
 }
 
